@@ -1,0 +1,71 @@
+"""pact: training-free visual token reduction (PACT) for vision-language models.
+
+Components (scorers, clusterers, mergers) -> :mod:`pact.pipeline` -> the hook.
+"""
+
+from pact import builtins  # noqa: F401  (registers the built-in components)
+from pact.clusterers.base import Clusterer, ClustererConfig
+from pact.component import ComponentConfig
+from pact.config import PactConfig, StageConfig
+from pact.errors import ConfigError, UnknownComponentError, UnknownPresetError
+from pact.mergers.base import Merger, MergerConfig, RowMergeInput
+from pact.pipeline import Pipeline, reduce
+from pact.presets import list_presets
+from pact.registry import (
+    CLUSTERERS,
+    MERGERS,
+    SCORERS,
+    Registry,
+    list_clusterers,
+    list_mergers,
+    list_scorers,
+    register_clusterer,
+    register_merger,
+    register_scorer,
+)
+from pact.scorers.base import Scorer, ScorerConfig
+from pact.tensors import Clustering, LayerInputs, QKSource, Reduction, ReductionStats, RowReduction
+
+__version__ = "0.1.0"
+
+
+def load_config(source="none", overrides=()) -> PactConfig:
+    """Shorthand for :meth:`PactConfig.load`: a preset name, file, mapping or YAML text."""
+    return PactConfig.load(source, overrides)
+
+
+__all__ = [
+    "CLUSTERERS",
+    "MERGERS",
+    "SCORERS",
+    "Clusterer",
+    "ClustererConfig",
+    "Clustering",
+    "ComponentConfig",
+    "ConfigError",
+    "LayerInputs",
+    "Merger",
+    "MergerConfig",
+    "PactConfig",
+    "Pipeline",
+    "QKSource",
+    "Reduction",
+    "ReductionStats",
+    "Registry",
+    "RowMergeInput",
+    "RowReduction",
+    "Scorer",
+    "ScorerConfig",
+    "StageConfig",
+    "UnknownComponentError",
+    "UnknownPresetError",
+    "list_clusterers",
+    "list_mergers",
+    "list_presets",
+    "list_scorers",
+    "load_config",
+    "reduce",
+    "register_clusterer",
+    "register_merger",
+    "register_scorer",
+]

@@ -1,0 +1,11 @@
+"""Importing this module registers every built-in component (``import pact`` does it)."""
+
+from pact.clusterers import dbdpc, dpc, kmeans, none, sklearn, tome
+from pact.mergers import center, mean
+from pact.scorers import attention, euti, norm, random, withdraw
+
+BUILTIN_MODULES = (
+    attention, euti, norm, random, withdraw,
+    dbdpc, dpc, kmeans, none, sklearn, tome,
+    center, mean,
+)  # fmt: skip

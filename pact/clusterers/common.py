@@ -1,0 +1,63 @@
+"""Pieces several clusterers share: densities, representatives, label bookkeeping."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from pact.tensors import Clustering
+
+
+def empty_clustering(device: torch.device) -> Clustering:
+    nothing = torch.zeros(0, dtype=torch.long, device=device)
+    return Clustering(labels=nothing, centers=nothing.clone())
+
+
+def clustering_from_roots(roots: Tensor) -> Clustering:
+    """Turn ``roots[i]`` (the representative token of ``i``'s cluster, -1: dropped) into labels.
+
+    Clusters are numbered by ascending representative index.
+    """
+    kept = roots >= 0
+    centers = torch.unique(roots[kept])  # sorted
+    labels = torch.full_like(roots, -1)
+    labels[kept] = torch.searchsorted(centers, roots[kept])
+    return Clustering(labels=labels, centers=centers)
+
+
+def gaussian_density(distances: Tensor, bandwidth: float) -> Tensor:
+    """``rho[i] = sum_j exp(-(d_ij / bandwidth)^2)`` in float32."""
+    return torch.exp(-((distances / bandwidth) ** 2)).sum(dim=1)
+
+
+def density_order(density: Tensor) -> Tensor:
+    """Token indices from densest to sparsest; equal densities: lower index first."""
+    return torch.sort(density, descending=True, stable=True).indices
+
+
+def medoid_roots(distances: Tensor, labels: Tensor) -> Tensor:
+    """Each token's cluster medoid (member with least summed distance to the members).
+
+    ``labels`` in ``[-1, C)``; -1 stays -1. Ties go to the lower index.
+    """
+    roots = torch.full_like(labels, -1)
+    member = labels >= 0
+    if not bool(member.any()):
+        return roots
+    n_clusters = int(labels.max()) + 1
+    one_hot = torch.zeros(labels.numel(), n_clusters, device=labels.device)
+    one_hot[member, labels[member]] = 1.0
+    spread = distances @ one_hot  # [n, C] summed distance from i to cluster c
+    spread = spread.masked_fill(one_hot == 0, float("inf"))
+    medoids = spread.argmin(dim=0)  # [C]
+    roots[member] = medoids[labels[member]]
+    return roots
+
+
+def follow_to_root(parent: Tensor) -> Tensor:
+    """Pointer jumping: every entry follows ``parent`` until a fixed point (a root)."""
+    while True:
+        grand = parent[parent]
+        if torch.equal(grand, parent):
+            return parent
+        parent = grand

@@ -1,0 +1,26 @@
+"""The identity clusterer: every token is its own cluster (pruning-only configurations)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from pact.clusterers.base import Clusterer, ClustererConfig
+from pact.registry import register_clusterer
+from pact.tensors import Clustering
+
+
+class NoneConfig(ClustererConfig):
+    """The identity clusterer has no parameters."""
+
+
+@register_clusterer("none")
+class NoClustering(Clusterer):
+    """``labels = centers = arange(n)``."""
+
+    Config = NoneConfig
+    needs_features = False
+
+    def cluster(self, features: Tensor, sizes: Tensor) -> Clustering:
+        index = torch.arange(features.shape[0], device=features.device)
+        return Clustering(labels=index, centers=index.clone())

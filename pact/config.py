@@ -1,0 +1,298 @@
+"""pact's configuration: reduction stages made of registered components, validated by pydantic.
+
+Components are chosen by their ``name`` tag among whatever is registered (plugins included),
+so the union of component configs is open. Every error names its field path.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    SerializeAsAny,
+    ValidationError,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from pact.clusterers.base import ClustererConfig
+from pact.component import ComponentConfig
+from pact.errors import ConfigError, UnknownComponentError
+from pact.mergers.base import MergerConfig, PositionMode
+from pact.presets import list_presets, preset_dict
+from pact.registry import CLUSTERERS, MERGERS, SCORERS, Registry
+from pact.scorers.base import ScorerConfig
+
+FeatureSource = Literal["keys_rope", "keys", "hidden"]
+
+
+def _dispatch(registry: Registry):
+    """Validator that picks the component config class by the ``name`` tag."""
+
+    def validate(value: Any) -> ComponentConfig:
+        if isinstance(value, str):  # shorthand: `clusterer: dbdpc`
+            value = {"name": value}
+        if isinstance(value, ComponentConfig):
+            value = value.model_dump()
+        if not isinstance(value, Mapping) or not isinstance(value.get("name"), str):
+            raise PydanticCustomError(
+                "component",
+                "expected a {kind} name or a mapping with a 'name' key; known {kind}s: {known}",
+                {"kind": registry.kind, "known": ", ".join(registry.names())},
+            )
+        try:
+            cls = registry.get(value["name"])
+        except UnknownComponentError as error:
+            raise PydanticCustomError("unknown_component", str(error)) from None
+        return cls.Config.model_validate(dict(value))
+
+    return PlainValidator(validate, json_schema_input_type=dict[str, Any])
+
+
+ScorerField = Annotated[SerializeAsAny[ScorerConfig], _dispatch(SCORERS)]
+ClustererField = Annotated[SerializeAsAny[ClustererConfig], _dispatch(CLUSTERERS)]
+MergerField = Annotated[SerializeAsAny[MergerConfig], _dispatch(MERGERS)]
+
+
+def _default(registry: Registry, name: str):
+    return lambda: registry.get(name).Config(name=name)
+
+
+class StageConfig(BaseModel):
+    """One reduction: at ``layer``, prune with a scorer, cluster what is kept, merge."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, frozen=True)
+
+    layer: int = Field(ge=0)
+    """Decoder layer (0-based) at whose input the visual tokens are reduced."""
+    scorer: ScorerField | None = None
+    """Importance scorer for pruning; None: no pruning."""
+    keep_ratio: float | None = Field(None, ge=0.0, le=1.0)
+    """Fraction of visual tokens the scorer keeps (floor, at least 1 unless 0); None: the
+    scorer's default (euti 0.55, withdraw 0, others 0.5)."""
+    clusterer: ClustererField = Field(default_factory=_default(CLUSTERERS, "none"))
+    """Clusterer grouping the kept visual tokens; ``none``: no merging."""
+    merger: MergerField = Field(default_factory=_default(MERGERS, "mean"))
+    """Merger folding each cluster into one token."""
+    cluster_on: FeatureSource = "keys_rope"
+    """Vectors distances are measured on: layer keys after RoPE (PACT), before, or hidden."""
+    retrieval: bool = False
+    """Take pruned visual tokens back into their nearest cluster if within alpha x bound."""
+    alpha: float | None = Field(None, gt=0.0)
+    """Retrieval radius as a multiple of the clusterer's distance bound; set with retrieval
+    only (default 1.5 then)."""
+    proportional_attention: bool = True
+    """Add log(size) to attention logits towards merged tokens from this layer on."""
+    position_mode: PositionMode = "keep"
+    """Position id of a merged token: its center's (keep), the members' rounded mean, or a
+    contiguous renumbering of the reduced sequence."""
+
+    @model_validator(mode="after")
+    def _cross_field_rules(self) -> StageConfig:
+        self._resolve_keep_ratio()
+        self._resolve_retrieval()
+        return self
+
+    def _resolve_keep_ratio(self) -> None:
+        if self.scorer is None:
+            if self.keep_ratio not in (None, 1.0):
+                raise ValueError("keep_ratio prunes visual tokens and needs a scorer; set scorer")
+            return
+        fixed = type(self.scorer).fixed_keep_ratio
+        if fixed is not None and self.keep_ratio not in (None, fixed):
+            raise ValueError(f"keep_ratio must be {fixed} with scorer {self.scorer.name!r}")
+        if self.keep_ratio is None:
+            object.__setattr__(self, "keep_ratio", type(self.scorer).default_keep_ratio)
+
+    def _resolve_retrieval(self) -> None:
+        if not self.retrieval:
+            if self.alpha is not None:
+                raise ValueError("alpha has an effect only with retrieval: true")
+            return
+        if self.scorer is None:
+            raise ValueError("retrieval takes back pruned tokens and needs a scorer")
+        if self.clusterer.distance_bound() is None:
+            raise ValueError(
+                f"retrieval needs a clusterer with a distance bound (e.g. dbdpc, dbscan); "
+                f"{self.clusterer.name!r} has none"
+            )
+        if self.alpha is None:
+            object.__setattr__(self, "alpha", 1.5)
+
+    @property
+    def retrieval_radius(self) -> float | None:
+        """Cosine distance within which pruned tokens are retrieved; None when off."""
+        if not self.retrieval:
+            return None
+        assert self.alpha is not None
+        return self.alpha * self.clusterer.distance_bound()
+
+
+class PactConfig(BaseModel):
+    """A whole reduction schedule: zero or more stages at increasing decoder layers."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, frozen=True)
+
+    stages: list[StageConfig] = Field(default_factory=list)
+    """Reduction stages, in increasing layer order; empty: the unchanged model."""
+
+    @model_validator(mode="after")
+    def _increasing_layers(self) -> PactConfig:
+        layers = [stage.layer for stage in self.stages]
+        if any(b <= a for a, b in itertools.pairwise(layers)):
+            raise ValueError(f"stages must be at strictly increasing layers; got {layers}")
+        return self
+
+    @classmethod
+    def load(cls, source: Any = "none", overrides: Iterable[str] = ()) -> PactConfig:
+        """From a PactConfig, mapping, YAML/JSON file path, YAML text, or preset name.
+
+        ``overrides`` are ``path=value`` strings (see :func:`apply_override`).
+        """
+        data = _source_to_dict(source)
+        for override in overrides:
+            data = apply_override(data, override)
+        return cls.validate_dict(data, origin=_describe(source))
+
+    @classmethod
+    def validate_dict(cls, data: Any, origin: str = "config") -> PactConfig:
+        """Validate a mapping; failures raise :class:`ConfigError` with one line per field."""
+        try:
+            return cls.model_validate(data)
+        except ValidationError as error:
+            raise ConfigError(format_errors(error, origin)) from None
+
+    def with_overrides(self, *overrides: str) -> PactConfig:
+        """A new config with ``path=value`` overrides applied and everything revalidated."""
+        return PactConfig.load(self, overrides)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def to_yaml(self, path: str | Path | None = None) -> str:
+        """Every field written out; reloading gives an equal config."""
+        text = yaml.safe_dump(self.to_dict(), sort_keys=False)
+        if path is not None:
+            Path(path).write_text(text, encoding="utf-8")
+        return text
+
+
+def _describe(source: Any) -> str:
+    if isinstance(source, (str, Path)) and "\n" not in str(source):
+        return str(source)
+    return "config"
+
+
+def _source_to_dict(source: Any) -> dict[str, Any]:
+    if isinstance(source, PactConfig):
+        return source.to_dict()
+    if isinstance(source, Mapping):
+        return json.loads(json.dumps(source))  # a deep copy that overrides may edit
+    if isinstance(source, Path) or (isinstance(source, str) and "\n" not in source):
+        path = Path(source)
+        if path.suffix in {".yaml", ".yml", ".json"} or path.is_file():
+            if not path.is_file():
+                raise ConfigError(f"config file {str(path)!r} does not exist")
+            return _parse_text(path.read_text(encoding="utf-8"), str(path))
+        if str(source) in list_presets():
+            return preset_dict(str(source))
+        raise ConfigError(
+            f"{source!r} is neither a config file nor a preset; "
+            f"presets: {', '.join(list_presets())}"
+        )
+    if isinstance(source, str):
+        return _parse_text(source, "config text")
+    raise ConfigError(
+        f"config must be a PactConfig, a mapping, a file path or a preset name; got "
+        f"{type(source).__name__}"
+    )
+
+
+def _parse_text(text: str, origin: str) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(text)  # JSON is YAML
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{origin}: not valid YAML or JSON: {error}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{origin}: the top level must be a mapping; got {type(data).__name__}")
+    return data
+
+
+def format_errors(error: ValidationError, origin: str) -> str:
+    """``origin: N problems`` then one ``field.path: message (got value)`` line each."""
+    lines = []
+    for item in error.errors(include_url=False):
+        path = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        got = "" if item["type"] == "missing" else f" (got {item['input']!r})"
+        if isinstance(item["input"], (dict, list)):
+            got = ""
+        lines.append(f"  {path}: {item['msg']}{got}")
+    return f"{origin}: {len(lines)} invalid setting(s)\n" + "\n".join(lines)
+
+
+def apply_override(data: dict[str, Any], override: str) -> dict[str, Any]:
+    """Apply one ``path=value`` override to a config mapping (returns the edited copy).
+
+    ``value`` is parsed as YAML (``0.3``, ``true``, ``null``, ``[1, 2]``, ``dbdpc``).
+    ``path`` is dotted: ``stages.0.clusterer.cutoff``; ``stages.*.x`` sets every stage;
+    a path that starts with a stage field (``clusterer.cutoff``) is short for ``stages.*.``.
+    Setting a component's ``name`` to another component resets that component's settings
+    to the new one's defaults (old settings belong to the old component).
+    """
+    path, sep, raw = override.partition("=")
+    if not sep or not path.strip():
+        raise ConfigError(f"override {override!r} must look like 'path=value'")
+    keys = path.strip().split(".")
+    if keys[0] in StageConfig.model_fields:
+        keys = ["stages", "*", *keys]
+    value = yaml.safe_load(raw) if raw.strip() else None
+    data = json.loads(json.dumps(data))
+    _set_path(data, keys, value, override)
+    return data
+
+
+def _set_path(node: Any, keys: list[str], value: Any, override: str) -> None:
+    key, rest = keys[0], keys[1:]
+    if isinstance(node, list):
+        for index in _list_indices(node, key, override):
+            if rest:
+                _set_path(node[index], rest, value, override)
+            else:
+                node[index] = value
+        return
+    if not isinstance(node, dict):
+        raise ConfigError(f"override {override!r}: cannot descend into {node!r} at {key!r}")
+    if not rest:
+        if key == "name" and node.get("name") not in (None, value):
+            node.clear()  # a different component: drop the old one's settings
+        node[key] = value
+        return
+    child = node.get(key)
+    if isinstance(child, str):  # component shorthand `clusterer: dbdpc`
+        child = node[key] = {"name": child}
+    if child is None:
+        child = node[key] = {}
+    _set_path(child, rest, value, override)
+
+
+def _list_indices(node: list, key: str, override: str) -> list[int]:
+    if key == "*":
+        if not node:
+            raise ConfigError(f"override {override!r}: the config has no stage to apply it to")
+        return list(range(len(node)))
+    if not key.isdigit() or int(key) >= len(node):
+        raise ConfigError(
+            f"override {override!r}: {key!r} is not an index of a list of {len(node)} item(s)"
+        )
+    return [int(key)]

@@ -1,0 +1,28 @@
+"""Cosine distances in float32, shared by clusterers and by retrieval in mergers."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+_EPS = 1e-12
+
+
+def normalize(features: Tensor) -> Tensor:
+    """Rows scaled to unit length in float32; an all-zero row stays zero (distance 1 to all)."""
+    features = features.float()
+    return features / features.norm(dim=-1, keepdim=True).clamp(min=_EPS)
+
+
+def cosine_distances(features: Tensor) -> Tensor:
+    """``[n, n]`` ``1 - cos``: clamped at 0, exactly symmetric, exactly 0 on the diagonal."""
+    unit = normalize(features)
+    distances = (1.0 - unit @ unit.T).clamp(min=0.0)
+    # Matmul rounding may differ between (i, j) and (j, i); averaging makes the two equal.
+    distances = (distances + distances.T) * 0.5
+    distances.fill_diagonal_(0.0)
+    return distances
+
+
+def cross_cosine_distances(left: Tensor, right: Tensor) -> Tensor:
+    """``[n, m]`` cosine distances between the rows of ``left`` and ``right``, clamped at 0."""
+    return (1.0 - normalize(left) @ normalize(right).T).clamp(min=0.0)

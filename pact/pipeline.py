@@ -1,0 +1,216 @@
+"""One layer's tensors in, a :class:`Reduction` out: scorer -> clusterer -> merger.
+
+No model code here: the hook (or a user) gives hidden states, the visual-token mask,
+positions, sizes and the layer's queries/keys; the pipeline decides what survives.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from pact.config import PactConfig, StageConfig
+from pact.mergers.base import RowMergeInput
+from pact.registry import CLUSTERERS, MERGERS, SCORERS
+from pact.tensors import (
+    LayerInputs,
+    Reduction,
+    ReductionStats,
+    RowReduction,
+    StepTimes,
+)
+
+# Guards floor() against products such as 0.29 * 100 = 28.999999999999996.
+_FLOOR_SLACK = 1e-9
+
+
+def keep_count(n_visual: int, keep_ratio: float) -> int:
+    """``floor(keep_ratio * n)``, at least 1 when there are tokens and the ratio is positive."""
+    kept = math.floor(keep_ratio * n_visual + _FLOOR_SLACK)
+    if n_visual and keep_ratio > 0:
+        kept = max(kept, 1)
+    return min(kept, n_visual)
+
+
+def select_kept(scores: Tensor, n_keep: int) -> tuple[Tensor, Tensor]:
+    """Indices (ascending) of the ``n_keep`` highest scores and of the rest.
+
+    Ties go to the lower index (the earlier position).
+    """
+    ranking = torch.sort(scores, descending=True, stable=True).indices
+    return torch.sort(ranking[:n_keep]).values, torch.sort(ranking[n_keep:]).values
+
+
+@contextmanager
+def _timed(times: StepTimes, step: str, device: torch.device):
+    """Add the seconds the block takes to ``times.<step>``; waits for CUDA work to finish."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        setattr(times, step, getattr(times, step) + time.perf_counter() - start)
+
+
+def _check_finite(inputs: LayerInputs) -> None:
+    assert inputs.padding_mask is not None
+    if not bool(torch.isfinite(inputs.hidden[inputs.padding_mask]).all()):
+        raise ValueError(
+            "hidden states contain NaN or inf at real (non-padding) tokens; pact cannot rank "
+            "or cluster them (check the model's dtype and inputs)"
+        )
+
+
+@dataclass
+class _RowPlan:
+    visual: Tensor
+    kept: Tensor
+    pruned: Tensor
+
+
+class Pipeline:
+    """A built reduction stage: components instantiated once, then called per forward."""
+
+    def __init__(self, stage: StageConfig):
+        self.stage = stage
+        self.scorer = None if stage.scorer is None else SCORERS.get(stage.scorer.name)(stage.scorer)
+        self.clusterer = CLUSTERERS.get(stage.clusterer.name)(stage.clusterer)
+        self.merger = MERGERS.get(stage.merger.name)(stage.merger)
+
+    @property
+    def needs_attention_scores(self) -> bool:
+        return self.scorer is not None and self.scorer.needs_attention_scores
+
+    def __call__(self, inputs: LayerInputs) -> Reduction:
+        _check_finite(inputs)
+        times = StepTimes()
+        device = inputs.hidden.device
+        with _timed(times, "score", device):
+            plans = self._plan_rows(inputs)
+        features = self._features(inputs)
+        rows: list[RowReduction] = []
+        stats = ReductionStats([], [], [], [])
+        for row_index, plan in enumerate(plans):
+            rows.append(self._reduce_row(inputs, row_index, plan, features, times))
+            stats.visual_in.append(plan.visual.numel())
+            stats.after_prune.append(plan.kept.numel())
+            stats.retrieved.append(rows[-1].retrieved)
+        stats.after_merge = [
+            int(inputs.visual_mask[b, row.slots].sum()) for b, row in enumerate(rows)
+        ]
+        stats.seconds = times
+        return _pad_rows(inputs, rows, stats)
+
+    def _plan_rows(self, inputs: LayerInputs) -> list[_RowPlan]:
+        visual_mask = inputs.real_visual_mask
+        scores = None
+        if self.scorer is not None and bool(visual_mask.any()):
+            scores = self.scorer.score(inputs)
+            if not bool(torch.isfinite(scores[visual_mask]).all()):
+                raise ValueError(f"scorer {self.stage.scorer.name!r} returned NaN or inf scores")
+        plans = []
+        for row in range(inputs.batch_size):
+            visual = torch.nonzero(visual_mask[row]).flatten()
+            everything = torch.arange(visual.numel(), device=visual.device)
+            if scores is None:
+                plans.append(_RowPlan(visual, everything, everything[:0]))
+                continue
+            n_keep = keep_count(visual.numel(), self.stage.keep_ratio)
+            kept, pruned = select_kept(scores[row, visual].float(), n_keep)
+            plans.append(_RowPlan(visual, kept, pruned))
+        return plans
+
+    def _features(self, inputs: LayerInputs) -> Tensor | None:
+        """``[B, N, F]`` float32 vectors that distances are measured on, if anything needs them."""
+        needs = self.clusterer.needs_features or self.stage.retrieval
+        if not needs or not bool(inputs.real_visual_mask.any()):
+            return None
+        if self.stage.cluster_on == "hidden":
+            return inputs.hidden.float()
+        if inputs.qk is None:
+            raise ValueError(
+                f"cluster_on={self.stage.cluster_on!r} needs the layer's keys (inputs.qk)"
+            )
+        keys = inputs.qk.keys(rotary=self.stage.cluster_on == "keys_rope")
+        batch, heads, tokens, head_dim = keys.shape
+        return keys.float().permute(0, 2, 1, 3).reshape(batch, tokens, heads * head_dim)
+
+    def _reduce_row(
+        self, inputs: LayerInputs, b: int, plan: _RowPlan, features: Tensor | None, times: StepTimes
+    ) -> RowReduction:
+        assert inputs.sizes is not None and inputs.positions is not None
+        kept_slots, pruned_slots = plan.visual[plan.kept], plan.visual[plan.pruned]
+        device = inputs.hidden.device
+        if features is None:
+            kept_features = torch.zeros(kept_slots.numel(), 0, device=device)
+            pruned_features = torch.zeros(pruned_slots.numel(), 0, device=device)
+        else:
+            kept_features, pruned_features = features[b, kept_slots], features[b, pruned_slots]
+        with _timed(times, "cluster", device):
+            clustering = self.clusterer.cluster(kept_features, inputs.sizes[b, kept_slots].float())
+            clustering.check()
+        positions = inputs.positions[b]
+        row = RowMergeInput(
+            hidden=inputs.hidden[b],
+            sizes=inputs.sizes[b],
+            positions=positions if positions.dim() == 2 else positions[:, None],
+            padding_mask=inputs.padding_mask[b],
+            visual=plan.visual,
+            kept=plan.kept,
+            pruned=plan.pruned,
+            clustering=clustering,
+            kept_features=kept_features,
+            pruned_features=pruned_features,
+            retrieval_radius=self.stage.retrieval_radius,
+            position_mode=self.stage.position_mode,
+        )
+        with _timed(times, "merge", device):
+            return self.merger.merge(row)
+
+
+def _pad_rows(inputs: LayerInputs, rows: list[RowReduction], stats: ReductionStats) -> Reduction:
+    """Stack rows of different lengths, padding each at the end with masked slots."""
+    assert inputs.positions is not None
+    batch, _, dim = inputs.hidden.shape
+    longest = max(row.slots.numel() for row in rows)
+    device = inputs.hidden.device
+    n_components = rows[0].positions.shape[1]
+    slots = torch.zeros(batch, longest, dtype=torch.long, device=device)
+    mask = torch.zeros(batch, longest, dtype=torch.bool, device=device)
+    hidden = torch.zeros(batch, longest, dim, dtype=inputs.hidden.dtype, device=device)
+    sizes = torch.ones(batch, longest, dtype=torch.float32, device=device)
+    positions = torch.zeros(
+        batch, longest, n_components, dtype=inputs.positions.dtype, device=device
+    )
+    for b, row in enumerate(rows):
+        length = row.slots.numel()
+        slots[b, :length], mask[b, :length] = row.slots, True
+        hidden[b, :length], sizes[b, :length] = row.hidden, row.sizes
+        positions[b, :length] = row.positions
+    if inputs.positions.dim() == 2:
+        positions = positions[..., 0]
+    visual = inputs.visual_mask.gather(1, slots) & mask
+    return Reduction(slots, mask, hidden, sizes, positions, visual, stats)
+
+
+def reduce(
+    inputs: LayerInputs, config: StageConfig | PactConfig | str | dict, stage: int = 0
+) -> Reduction:
+    """Run one stage of ``config`` (a stage, a PactConfig, a preset name or file) on ``inputs``.
+
+    Builds the components each call; keep a :class:`Pipeline` to reuse them.
+    """
+    if not isinstance(config, StageConfig):
+        full = PactConfig.load(config)
+        if not full.stages:
+            raise ValueError("this config has no reduction stage (preset 'none'?)")
+        if not 0 <= stage < len(full.stages):
+            raise ValueError(f"stage must be in [0, {len(full.stages) - 1}]; got {stage}")
+        config = full.stages[stage]
+    return Pipeline(config)(inputs)

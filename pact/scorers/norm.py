@@ -1,0 +1,23 @@
+"""Hidden-state norm as importance (EUTI without its attention term)."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from pact.registry import register_scorer
+from pact.scorers.base import Scorer, ScorerConfig
+from pact.tensors import LayerInputs
+
+
+class NormConfig(ScorerConfig):
+    """The norm scorer has no parameters beyond the stage's keep ratio."""
+
+
+@register_scorer("norm")
+class Norm(Scorer):
+    """``I[j] = ||H[j]||_2`` in float32."""
+
+    Config = NormConfig
+
+    def score(self, inputs: LayerInputs) -> Tensor:
+        return inputs.hidden.float().norm(dim=-1)
