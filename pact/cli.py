@@ -1,0 +1,76 @@
+"""The ``pact`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from pact.config import PactConfig
+from pact.errors import ConfigError, UnknownNameError
+from pact.presets import list_presets, preset_text
+from pact.registry import REGISTRIES
+
+
+def _presets(args: argparse.Namespace) -> int:
+    if args.show:
+        print(preset_text(args.show), end="")
+        return 0
+    for name in list_presets():
+        summary = preset_text(name).splitlines()[0].lstrip("# ").strip()
+        print(f"{name:14s} {summary}")
+    return 0
+
+
+def _config(args: argparse.Namespace) -> int:
+    print(PactConfig.load(args.source, args.set).to_yaml(), end="")
+    return 0
+
+
+def _components(args: argparse.Namespace) -> int:
+    for kind, registry in REGISTRIES.items():
+        for name in registry.names():
+            cls = registry.get(name)
+            doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+            print(f"{kind:10s} {name:14s} {doc}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pact", description="Training-free visual token reduction for VLMs (PACT)."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    presets = commands.add_parser("presets", help="list the official presets")
+    presets.add_argument("--show", metavar="NAME", help="print one preset's YAML")
+    presets.set_defaults(run=_presets)
+
+    config = commands.add_parser("config", help="validate a config and print it in full")
+    config.add_argument("source", help="preset name, or path to a YAML/JSON config")
+    config.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="PATH=VALUE",
+        help="override, e.g. stages.0.clusterer.cutoff=0.3 or clusterer.cutoff=0.3 (all stages)",
+    )
+    config.set_defaults(run=_config)
+
+    components = commands.add_parser("components", help="list registered components")
+    components.set_defaults(run=_components)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except (ConfigError, UnknownNameError) as error:
+        print(f"pact {args.command}: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
