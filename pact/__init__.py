@@ -28,6 +28,17 @@ from pact.tensors import Clustering, LayerInputs, QKSource, Reduction, Reduction
 
 __version__ = "0.1.0"
 
+_HOOK_EXPORTS = ("attach", "attached", "PactHandle")
+
+
+def __getattr__(name: str):
+    # The hook imports transformers (seconds); components and configs do not need it.
+    if name in _HOOK_EXPORTS:
+        from pact import hooks
+
+        return getattr(hooks, name)
+    raise AttributeError(f"module 'pact' has no attribute {name!r}")
+
 
 def load_config(source="none", overrides=()) -> PactConfig:
     """Shorthand for :meth:`PactConfig.load`: a preset name, file, mapping or YAML text."""
@@ -47,6 +58,7 @@ __all__ = [
     "Merger",
     "MergerConfig",
     "PactConfig",
+    "PactHandle",
     "Pipeline",
     "QKSource",
     "Reduction",
@@ -59,6 +71,8 @@ __all__ = [
     "StageConfig",
     "UnknownComponentError",
     "UnknownPresetError",
+    "attach",
+    "attached",
     "list_clusterers",
     "list_mergers",
     "list_presets",

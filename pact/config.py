@@ -122,7 +122,7 @@ class StageConfig(BaseModel):
             raise ValueError("retrieval takes back pruned tokens and needs a scorer")
         if self.clusterer.distance_bound() is None:
             raise ValueError(
-                f"retrieval needs a clusterer with a distance bound (e.g. dbdpc, dbscan); "
+                f"retrieval needs a clusterer with a distance bound (e.g. dbdpc); "
                 f"{self.clusterer.name!r} has none"
             )
         if self.alpha is None:
@@ -169,7 +169,7 @@ class PactConfig(BaseModel):
         try:
             return cls.model_validate(data)
         except ValidationError as error:
-            raise ConfigError(format_errors(error, origin)) from None
+            raise ConfigError(format_errors(error, origin, data)) from None
 
     def with_overrides(self, *overrides: str) -> PactConfig:
         """A new config with ``path=value`` overrides applied and everything revalidated."""
@@ -197,11 +197,16 @@ def _source_to_dict(source: Any) -> dict[str, Any]:
         return source.to_dict()
     if isinstance(source, Mapping):
         return json.loads(json.dumps(source))  # a deep copy that overrides may edit
+    if isinstance(source, str) and source.lstrip().startswith("{"):
+        return _parse_text(source, "config text")  # one-line JSON or YAML flow mapping
     if isinstance(source, Path) or (isinstance(source, str) and "\n" not in source):
         path = Path(source)
-        if path.suffix in {".yaml", ".yml", ".json"} or path.is_file():
-            if not path.is_file():
-                raise ConfigError(f"config file {str(path)!r} does not exist")
+        if path.suffix in {".yaml", ".yml", ".json"} or _is_file(path):
+            if not _is_file(path):
+                raise ConfigError(
+                    f"config file {str(path)!r} does not exist; presets: "
+                    f"{', '.join(list_presets())}"
+                )
             return _parse_text(path.read_text(encoding="utf-8"), str(path))
         if str(source) in list_presets():
             return preset_dict(str(source))
@@ -217,6 +222,14 @@ def _source_to_dict(source: Any) -> dict[str, Any]:
     )
 
 
+def _is_file(path: Path) -> bool:
+    """``path.is_file()``, False where the OS refuses the name (e.g. too long to be a path)."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
+
+
 def _parse_text(text: str, origin: str) -> dict[str, Any]:
     try:
         data = yaml.safe_load(text)  # JSON is YAML
@@ -229,16 +242,53 @@ def _parse_text(text: str, origin: str) -> dict[str, Any]:
     return data
 
 
-def format_errors(error: ValidationError, origin: str) -> str:
-    """``origin: N problems`` then one ``field.path: message (got value)`` line each."""
+def format_errors(error: ValidationError, origin: str, data: Any = None) -> str:
+    """``origin: N problems`` then one ``field.path: message (got value)`` line each.
+
+    With the validated ``data``, an unknown key's line also lists the keys allowed there.
+    """
     lines = []
     for item in error.errors(include_url=False):
         path = ".".join(str(part) for part in item["loc"]) or "(top level)"
         got = "" if item["type"] == "missing" else f" (got {item['input']!r})"
         if isinstance(item["input"], (dict, list)):
             got = ""
-        lines.append(f"  {path}: {item['msg']}{got}")
+        allowed = ""
+        if item["type"] == "extra_forbidden":
+            model = _model_at(data, item["loc"][:-1])
+            if model is not None:
+                allowed = f"; allowed: {', '.join(sorted(model.model_fields))}"
+        lines.append(f"  {path}: {item['msg']}{got}{allowed}")
     return f"{origin}: {len(lines)} invalid setting(s)\n" + "\n".join(lines)
+
+
+_COMPONENT_FIELDS = {"scorer": SCORERS, "clusterer": CLUSTERERS, "merger": MERGERS}
+
+
+def _model_at(data: Any, loc: tuple) -> type[BaseModel] | None:
+    """The config model that validates the mapping at ``loc`` in ``data`` (None if unsure).
+
+    Components are looked up by the ``name`` in ``data``: the union of their configs is open.
+    """
+    model: type[BaseModel] = PactConfig
+    node = data
+    for part in loc:
+        try:
+            node = node[part]
+        except (KeyError, IndexError, TypeError):
+            return None
+        if isinstance(part, int):  # an item of `stages`: the model is already StageConfig
+            continue
+        if model is PactConfig and part == "stages":
+            model = StageConfig
+        elif model is StageConfig and part in _COMPONENT_FIELDS:
+            name = node.get("name") if isinstance(node, Mapping) else None
+            if not isinstance(name, str) or name not in _COMPONENT_FIELDS[part]:
+                return None
+            model = _COMPONENT_FIELDS[part].get(name).Config
+        else:
+            return None
+    return model
 
 
 def apply_override(data: dict[str, Any], override: str) -> dict[str, Any]:

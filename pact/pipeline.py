@@ -101,8 +101,9 @@ class Pipeline:
             stats.visual_in.append(plan.visual.numel())
             stats.after_prune.append(plan.kept.numel())
             stats.retrieved.append(rows[-1].retrieved)
+        # Real visual tokens only: a visual_mask left True at padding must not count.
         stats.after_merge = [
-            int(inputs.visual_mask[b, row.slots].sum()) for b, row in enumerate(rows)
+            int(inputs.real_visual_mask[b, row.slots].sum()) for b, row in enumerate(rows)
         ]
         stats.seconds = times
         return _pad_rows(inputs, rows, stats)
@@ -195,7 +196,7 @@ def _pad_rows(inputs: LayerInputs, rows: list[RowReduction], stats: ReductionSta
         positions[b, :length] = row.positions
     if inputs.positions.dim() == 2:
         positions = positions[..., 0]
-    visual = inputs.visual_mask.gather(1, slots) & mask
+    visual = inputs.real_visual_mask.gather(1, slots) & mask
     return Reduction(slots, mask, hidden, sizes, positions, visual, stats)
 
 

@@ -86,16 +86,26 @@ class Registry(Generic[C]):
         return isinstance(name, str) and name in self.names()
 
     def load_entry_points(self, force: bool = False) -> None:
-        """Import every plugin advertised in this kind's entry-point group (once)."""
+        """Import every plugin advertised in this kind's entry-point group.
+
+        Done once; a plugin that fails to import is an error naming it (and is retried at
+        the next lookup), never skipped.
+        """
         if self._entry_points_loaded and not force:
             return
-        self._entry_points_loaded = True
         for point in entry_points(group=self.entry_point_group):
-            cls = point.load()
+            try:
+                cls = point.load()
+            except Exception as error:
+                raise ImportError(
+                    f"pact plugin {point.name!r} ({point.value}) in entry-point group "
+                    f"{self.entry_point_group!r} failed to import: {error}"
+                ) from error
             # A plugin module may already have registered itself with the decorator.
             if self._classes.get(point.name) is not cls:
                 self._add(point.name, cls, override=False)
             log.debug("loaded %s %r from %s", self.kind, point.name, point.value)
+        self._entry_points_loaded = True
 
 
 SCORERS: Registry[Scorer] = Registry("scorer", Scorer, "pact.scorers")

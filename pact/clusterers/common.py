@@ -2,10 +2,25 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
 from pact.tensors import Clustering
+
+# Guards ceil()/floor() against products such as 0.55 * 100 = 55.00000000000001.
+_RATIO_SLACK = 1e-9
+
+
+def ceil_count(ratio: float, n: int) -> int:
+    """``ceil(ratio * n)`` of the exact product, at least 1 and at most ``n`` (0 if ``n`` is)."""
+    return min(n, max(1, math.ceil(ratio * n - _RATIO_SLACK)))
+
+
+def floor_count(ratio: float, n: int) -> int:
+    """``floor(ratio * n)`` of the exact product (float error in the product ignored)."""
+    return math.floor(ratio * n + _RATIO_SLACK)
 
 
 def empty_clustering(device: torch.device) -> Clustering:

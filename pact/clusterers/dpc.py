@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from pydantic import Field
 from torch import Tensor
 
 from pact.clusterers.base import Clusterer, ClustererConfig
 from pact.clusterers.common import (
+    ceil_count,
     clustering_from_roots,
     density_order,
     empty_clustering,
@@ -76,7 +75,7 @@ class Dpc(Clusterer):
         density = gaussian_density(distances, self.bandwidth(distances))
         order = density_order(density)
         delta, parent = nearest_denser(distances, order)
-        n_centers = min(n, math.ceil(self.config.keep_ratio * n))
+        n_centers = ceil_count(self.config.keep_ratio, n)
         gamma = density * delta
         gamma[order[0]] = float("inf")  # the densest token always leads a cluster
         centers = torch.sort(gamma, descending=True, stable=True).indices[:n_centers]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 from pydantic import Field
@@ -11,7 +9,7 @@ from torch import Tensor
 
 from pact.backends import require
 from pact.clusterers.base import Clusterer, ClustererConfig
-from pact.clusterers.common import clustering_from_roots, empty_clustering
+from pact.clusterers.common import ceil_count, clustering_from_roots, empty_clustering
 from pact.distance import normalize
 from pact.registry import register_clusterer
 from pact.tensors import Clustering
@@ -52,7 +50,7 @@ class Kmeans(Clusterer):
         n, dim = features.shape
         if n == 0:
             return empty_clustering(features.device)
-        k = min(n, math.ceil(self.config.keep_ratio * n))
+        k = ceil_count(self.config.keep_ratio, n)
         unit = np.ascontiguousarray(normalize(features).cpu().numpy(), dtype=np.float32)
         kmeans = self._faiss.Kmeans(
             dim,

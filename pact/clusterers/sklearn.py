@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 import numpy as np
@@ -12,7 +11,12 @@ from torch import Tensor
 
 from pact.backends import require
 from pact.clusterers.base import Clusterer, ClustererConfig
-from pact.clusterers.common import clustering_from_roots, empty_clustering, medoid_roots
+from pact.clusterers.common import (
+    ceil_count,
+    clustering_from_roots,
+    empty_clustering,
+    medoid_roots,
+)
 from pact.distance import cosine_distances, normalize
 from pact.registry import register_clusterer
 from pact.tensors import Clustering
@@ -98,7 +102,7 @@ class Agglomerative(Clusterer):
 
     def fit(self, distances: Tensor, features: Tensor, n: int) -> np.ndarray:
         config = self.config
-        n_clusters = None if config.keep_ratio is None else min(n, math.ceil(config.keep_ratio * n))
+        n_clusters = None if config.keep_ratio is None else ceil_count(config.keep_ratio, n)
         if config.linkage == "ward":
             data, metric = normalize(features).double().cpu().numpy(), "euclidean"
         else:

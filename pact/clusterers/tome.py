@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from pydantic import Field, model_validator
 from torch import Tensor
 
 from pact.clusterers.base import Clusterer, ClustererConfig
-from pact.clusterers.common import clustering_from_roots, empty_clustering
+from pact.clusterers.common import clustering_from_roots, empty_clustering, floor_count
 from pact.distance import normalize
 from pact.registry import register_clusterer
 from pact.tensors import Clustering
@@ -55,7 +53,7 @@ class Tome(Clusterer):
     def pairs(self, n: int) -> int:
         if self.config.r is not None:
             return self.config.r
-        return math.floor(self.config.merge_ratio * n)
+        return floor_count(self.config.merge_ratio, n)
 
     def cluster(self, features: Tensor, sizes: Tensor) -> Clustering:
         if features.shape[0] == 0:

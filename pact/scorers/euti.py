@@ -31,6 +31,9 @@ def grouped_prefix_softmax(queries: Tensor, keys: Tensor, prefix: Tensor) -> Ten
     weights = prefix.float()
     counts = weights.sum(dim=1).clamp(min=1.0)
     grouped = queries.float().view(batch, kv_heads, q_heads // kv_heads, tokens, head_dim)
+    # Zero the queries outside the prefix first: a weight of 0 times a NaN at a padding
+    # slot would still be NaN and spoil the whole row's global query.
+    grouped = grouped.masked_fill(~prefix[:, None, None, :, None], 0.0)
     global_query = torch.einsum("bkgnd,bn->bkgd", grouped, weights) / counts[:, None, None, None]
     logits = torch.einsum("bkgd,bknd->bkgn", global_query, keys.float()) / math.sqrt(head_dim)
     logits = logits.masked_fill(~prefix[:, None, None, :], float("-inf"))

@@ -14,7 +14,8 @@ class RandomConfig(ScorerConfig):
     """Settings of the random scorer."""
 
     seed: int = 0
-    """Seed of the generator; every call with the same shapes draws the same scores."""
+    """Seed of the generator; a row with the same number of real tokens draws the same scores,
+    whatever the batch around it and its padding."""
 
 
 @register_scorer("random")
@@ -24,6 +25,11 @@ class Random(Scorer):
     Config = RandomConfig
 
     def score(self, inputs: LayerInputs) -> Tensor:
-        generator = torch.Generator().manual_seed(self.config.seed)
-        scores = torch.rand(inputs.hidden.shape[:2], generator=generator)
+        assert inputs.padding_mask is not None
+        scores = torch.zeros(inputs.hidden.shape[:2])
+        # One generator per row over its real tokens only: a row scores the same alone as
+        # in any batch, padded left or right.
+        for row, real in enumerate(inputs.padding_mask.cpu()):
+            generator = torch.Generator().manual_seed(self.config.seed)
+            scores[row, real] = torch.rand(int(real.sum()), generator=generator)
         return scores.to(inputs.hidden.device)

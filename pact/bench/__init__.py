@@ -1,0 +1,1 @@
+"""Benchmark and test helpers: tiny random-weight vision-language models and hand-built inputs."""

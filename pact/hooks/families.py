@@ -1,0 +1,148 @@
+"""Model families pact attaches to: one small table, no copied model files.
+
+Every supported decoder layer is called as ``layer(hidden, attention_mask=...,
+position_embeddings=(cos, sin), position_ids=..., cache=..., **kwargs)`` and its
+``self_attn`` has ``q_proj``/``k_proj`` (plus optional ``q_norm``/``k_norm``) and uses the
+module-level ``apply_rotary_pos_emb`` of its modeling file. That is all pact relies on.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from pact.tensors import QKSource
+
+
+@dataclass(frozen=True)
+class Family:
+    """What differs between supported VLM families."""
+
+    label: str
+    """Human name, used in messages and the docs' supported-models table."""
+    video: bool = False
+    """Whether the model takes video (its video tokens are reduced like image tokens)."""
+
+
+VLM_FAMILIES: dict[str, Family] = {
+    "llava": Family("LLaVA-1.5"),
+    "llava_next": Family("LLaVA-NeXT"),
+    "llava_next_video": Family("LLaVA-NeXT-Video", video=True),
+    "llava_onevision": Family("LLaVA-OneVision", video=True),
+    "qwen2_vl": Family("Qwen2-VL", video=True),
+    "qwen2_5_vl": Family("Qwen2.5-VL", video=True),
+}
+"""Top-level ``config.model_type`` -> family; the visual mask comes from their token ids."""
+
+TEXT_DECODERS: dict[str, str] = {
+    "llama": "Llama",
+    "qwen2": "Qwen2",
+    "mistral": "Mistral",
+    "gemma": "Gemma",
+    "qwen2_vl_text": "Qwen2-VL text",
+    "qwen2_5_vl_text": "Qwen2.5-VL text",
+}
+"""Decoder ``config.model_type`` values that are tested; others go through the generic path."""
+
+TOKEN_ID_ATTRIBUTES = ("image_token_id", "video_token_id")
+
+
+def supported_summary() -> str:
+    vlms = ", ".join(family.label for family in VLM_FAMILIES.values())
+    return (
+        f"supported VLMs: {vlms} (text decoders: {', '.join(TEXT_DECODERS.values())}); any "
+        "other decoder whose layers take position_embeddings works given an explicit "
+        "visual-token mask (handle.set_visual_mask)"
+    )
+
+
+def find_decoder(model: nn.Module) -> nn.Module:
+    """The text decoder (the module holding ``layers`` and ``rotary_emb``)."""
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else model
+    if not isinstance(getattr(decoder, "layers", None), nn.ModuleList):
+        raise TypeError(
+            f"pact cannot find the decoder layers of {type(model).__name__}: "
+            f"model.get_decoder() has no `layers` ModuleList; {supported_summary()}"
+        )
+    return decoder
+
+
+def check_layer(layer: nn.Module, index: int) -> None:
+    """Fail early (at attach) if a decoder layer lacks what pact relies on."""
+    attention = getattr(layer, "self_attn", None)
+    missing = [
+        name
+        for name, owner in (
+            ("self_attn", layer),
+            ("input_layernorm", layer),
+            ("q_proj", attention),
+            ("k_proj", attention),
+            ("head_dim", attention),
+        )
+        if owner is None or not hasattr(owner, name)
+    ]
+    if missing:
+        raise TypeError(
+            f"decoder layer {index} ({type(layer).__name__}) lacks {', '.join(missing)}; "
+            f"{supported_summary()}"
+        )
+    if getattr(attention, "sliding_window", None):
+        raise TypeError(
+            f"decoder layer {index} uses sliding-window attention, which pact does not "
+            "reduce under (its window counts tokens that reduction removes); reduce at "
+            "layers without a sliding window, or use a config with sliding_window=None"
+        )
+    rotary_function(attention)
+
+
+def rotary_function(attention: nn.Module) -> Callable:
+    """The ``apply_rotary_pos_emb(q, k, cos, sin)`` of the attention's modeling file."""
+    module = sys.modules.get(type(attention).__module__)
+    function = getattr(module, "apply_rotary_pos_emb", None)
+    if function is None:
+        raise TypeError(
+            f"{type(attention).__name__}'s module has no apply_rotary_pos_emb; "
+            f"{supported_summary()}"
+        )
+    return function
+
+
+def layer_projections(
+    layer: nn.Module, hidden: Tensor, position_embeddings: tuple[Tensor, Tensor]
+) -> QKSource:
+    """Queries and keys of ``layer`` for ``hidden``, before and after RoPE, on demand.
+
+    The same computation the layer's attention performs, read off its own modules.
+    """
+    attention = layer.self_attn
+
+    def project(rotary: bool) -> tuple[Tensor, Tensor]:
+        with torch.no_grad():
+            normed = layer.input_layernorm(hidden)
+            shape = (*hidden.shape[:-1], -1, attention.head_dim)
+            queries = attention.q_proj(normed).view(shape)
+            keys = attention.k_proj(normed).view(shape)
+            if hasattr(attention, "q_norm"):
+                queries, keys = attention.q_norm(queries), attention.k_norm(keys)
+            queries, keys = queries.transpose(1, 2), keys.transpose(1, 2)
+            if rotary:
+                cos, sin = position_embeddings
+                queries, keys = rotary_function(attention)(queries, keys, cos, sin)
+        return queries, keys
+
+    return QKSource(project)
+
+
+def visual_token_ids(model: nn.Module) -> list[int]:
+    """Image and video placeholder ids of a VLM (empty for a text-only model)."""
+    config = model.config
+    ids = []
+    for attribute in TOKEN_ID_ATTRIBUTES:
+        value = getattr(config, attribute, None)
+        if isinstance(value, int):
+            ids.append(value)
+    return ids
