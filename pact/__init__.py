@@ -14,6 +14,7 @@ from pact.presets import list_presets
 from pact.registry import (
     CLUSTERERS,
     MERGERS,
+    REGISTRIES,
     SCORERS,
     Registry,
     list_clusterers,
@@ -48,6 +49,7 @@ def load_config(source="none", overrides=()) -> PactConfig:
 __all__ = [
     "CLUSTERERS",
     "MERGERS",
+    "REGISTRIES",
     "SCORERS",
     "Clusterer",
     "ClustererConfig",

@@ -36,6 +36,26 @@ def _components(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run(args: argparse.Namespace) -> int:
+    from pact.bench.demo import format_report, run_demo  # imports transformers
+
+    baseline, reduced = run_demo(
+        args.model, args.text, args.config, tuple(args.set), args.max_new_tokens, seed=args.seed
+    )
+    print(format_report(args.model, args.text, baseline, reduced))
+    return 0
+
+
+def _add_overrides(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="PATH=VALUE",
+        help="override, e.g. stages.0.clusterer.cutoff=0.3 or clusterer.cutoff=0.3 (all stages)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pact", description="Training-free visual token reduction for VLMs (PACT)."
@@ -48,14 +68,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     config = commands.add_parser("config", help="validate a config and print it in full")
     config.add_argument("source", help="preset name, or path to a YAML/JSON config")
-    config.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="PATH=VALUE",
-        help="override, e.g. stages.0.clusterer.cutoff=0.3 or clusterer.cutoff=0.3 (all stages)",
-    )
+    _add_overrides(config)
     config.set_defaults(run=_config)
+
+    run = commands.add_parser(
+        "run", help="reduce and generate on a built-in tiny VLM, next to no reduction (offline)"
+    )
+    run.add_argument("--model", default="llava", help="tiny model family (default: llava)")
+    run.add_argument("--text", default="qwen2", help="text decoder of llava-style models")
+    run.add_argument("--config", default="pact", help="preset name or config file")
+    run.add_argument("--max-new-tokens", type=int, default=8, help="greedy tokens per row")
+    run.add_argument("--seed", type=int, default=0, help="seed of weights and inputs")
+    _add_overrides(run)
+    run.set_defaults(run=_run)
 
     components = commands.add_parser("components", help="list registered components")
     components.set_defaults(run=_components)
@@ -67,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.run(args)
-    except (ConfigError, UnknownNameError) as error:
+    except (ConfigError, UnknownNameError, ValueError) as error:
         print(f"pact {args.command}: {error}", file=sys.stderr)
         return 2
 

@@ -116,7 +116,10 @@ class StageConfig(BaseModel):
     def _resolve_retrieval(self) -> None:
         if not self.retrieval:
             if self.alpha is not None:
-                raise ValueError("alpha has an effect only with retrieval: true")
+                raise ValueError(
+                    "alpha has an effect only with retrieval: true; remove it "
+                    "(override: alpha=null)"
+                )
             return
         if self.scorer is None:
             raise ValueError("retrieval takes back pruned tokens and needs a scorer")
