@@ -53,17 +53,29 @@ def _prefill(model, batch: dict) -> DynamicCache:
     return cache
 
 
-def median_prefill_seconds(model, batch: dict, repeats: int) -> float:
-    """Median wall time of a prefill (logits of the last token only, as generate does)."""
-    _prefill(model, batch)  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        _prefill(model, batch)
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def _timed_prefill(model, batch: dict) -> float:
+    start = time.perf_counter()
+    _prefill(model, batch)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def interleaved_prefill_seconds(model, batch: dict, config: PactConfig, repeats: int):
+    """Median prefill seconds without and with ``config``, runs alternating.
+
+    Alternating (after one warm-up of each) spreads drifts of machine load evenly over
+    both, which back-to-back blocks of runs would not.
+    """
+    plain, reduced = [], []
+    for repeat in range(repeats + 1):
+        plain_time = _timed_prefill(model, batch)
+        with attached(model, config):
+            reduced_time = _timed_prefill(model, batch)
+        if repeat:  # the first round is the warm-up
+            plain.append(plain_time)
+            reduced.append(reduced_time)
+    return statistics.median(plain), statistics.median(reduced)
 
 
 def kv_bytes(cache: DynamicCache) -> int:
@@ -105,11 +117,9 @@ def measure_prefill(model, batch: dict, config: Any, repeats: int = 5) -> Prefil
     pact_config = PactConfig.load(config)
     decoder = model.get_decoder()
     n_layers = len(decoder.layers)
-    none_seconds = median_prefill_seconds(model, batch, repeats)
+    none_seconds, reduced_seconds = interleaved_prefill_seconds(model, batch, pact_config, repeats)
     none_cache = _prefill(model, batch)
     with attached(model, pact_config) as handle:
-        reduced_seconds = median_prefill_seconds(model, batch, repeats)
-        handle.stats.reset()
         reduced_cache = _prefill(model, batch)
         stages = handle.stats.last
         reduction_seconds = handle.stats.seconds.total

@@ -90,13 +90,31 @@ def check_layer(layer: nn.Module, index: int) -> None:
             f"decoder layer {index} ({type(layer).__name__}) lacks {', '.join(missing)}; "
             f"{supported_summary()}"
         )
-    if getattr(attention, "sliding_window", None):
+    if any(parameter.device.type == "meta" for parameter in layer.parameters()):
+        raise TypeError(
+            f"decoder layer {index} has weights on the meta device (offloaded by accelerate); "
+            "pact reads a stage layer's projections before its forward, so place the layers "
+            "from the first stage on on real devices (device_map without disk/cpu offload)"
+        )
+    if sliding_window(attention):
         raise TypeError(
             f"decoder layer {index} uses sliding-window attention, which pact does not "
             "reduce under (its window counts tokens that reduction removes); reduce at "
             "layers without a sliding window, or use a config with sliding_window=None"
         )
     rotary_function(attention)
+
+
+def sliding_window(attention: nn.Module) -> int | None:
+    """The attention window of a layer, wherever its modeling file keeps it.
+
+    Qwen2(-VL) set it per layer on the attention module (None on full-attention layers);
+    Mistral has no such attribute and passes its config's window to every layer's
+    attention function at call time, so the config is the only place to see it.
+    """
+    if hasattr(attention, "sliding_window"):
+        return attention.sliding_window
+    return getattr(getattr(attention, "config", None), "sliding_window", None)
 
 
 def rotary_function(attention: nn.Module) -> Callable:

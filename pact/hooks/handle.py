@@ -305,8 +305,8 @@ def _check_cache(cache: Any, index: int, previous) -> None:
     if held != expected:
         raise RuntimeError(
             f"the KV cache of layer {index} holds {held} tokens but pact recorded {expected}: "
-            "the cache was changed outside pact (cropped, reordered by beam search, or "
-            "filled by another model); start a new cache"
+            "the cache was changed outside pact (cropped, or filled by another model); start a "
+            "new cache"
         )
 
 
