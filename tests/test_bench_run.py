@@ -12,13 +12,7 @@ from pact.bench.tiny import build, build_shaped
 from pact.cli import main
 from pact.config import PactConfig
 
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def test_run_reports_the_reduction(capsys):

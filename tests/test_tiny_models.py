@@ -19,13 +19,7 @@ FAMILY_TEXT = [(family, text) for family in LLAVA_STYLE for text in TEXT_FAMILIE
 ONE_AND_TWO_IMAGES = [["text:5", "image", "text:3"], ["text:4", "image", "image", "text:2"]]
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny tensors gain nothing from threads, and OpenMP spinning on a busy machine costs ~5x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def encoded_tokens(tiny: TinyVLM, batch: dict, modality: str) -> int:
