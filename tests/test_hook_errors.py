@@ -199,3 +199,33 @@ def test_offloaded_layer_refused():
     model.model.layers[3].to_empty(device="cpu")
     model.model.layers[0].to("meta")  # before the stage: pact never reads it
     pact.attach(model, "pact", overrides=["layer=1"], visual_token_ids=[5]).detach()
+
+
+def test_unwrappable_attention_refused(llava):
+    """flex attention takes a block mask pact does not build: refused before any change."""
+    tiny, batch, reference = llava
+    decoder_config = tiny.model.get_decoder().config
+    decoder_config._attn_implementation = "flex_attention"
+    try:
+        with pytest.raises(
+            ValueError, match="cannot wrap attention implementation 'flex_attention'"
+        ):
+            pact.attach(tiny.model, "pact")
+        assert decoder_config._attn_implementation == "flex_attention"
+        assert not hasattr(tiny.model, "_pact_handle")
+    finally:
+        decoder_config._attn_implementation = "sdpa"
+
+
+def test_stale_handle_never_undoes_a_newer_one(llava):
+    tiny, batch, reference = llava
+    first = pact.attach(tiny.model, "pact")
+    first.detach()
+    second = pact.attach(tiny.model, "euti")
+    reduced = logits(tiny, batch)
+    first.detach()  # stale: must not touch the model
+    assert second.attached and not first.attached
+    assert tiny.model.get_decoder().config._attn_implementation == "pact_sdpa"
+    assert torch.equal(logits(tiny, batch), reduced)
+    second.detach()
+    assert torch.equal(logits(tiny, batch), reference)

@@ -142,10 +142,13 @@ def pact_name(original: str) -> str:
     """Register (once) and return the pact wrapper's name for a stock implementation."""
     if original.startswith(PREFIX):
         raise ValueError(f"this model already runs pact's attention ({original!r}); detach first")
-    if original != "eager" and original not in AttentionInterface._global_mapping:
+    wrappable = original in ("eager", "sdpa") or (
+        original.startswith("flash_attention_") and original in AttentionInterface._global_mapping
+    )
+    if not wrappable:
         raise ValueError(
-            f"pact cannot wrap attention implementation {original!r}; use eager, sdpa or a "
-            "flash_attention_* implementation"
+            f"pact cannot wrap attention implementation {original!r}; load the model with "
+            "attn_implementation 'eager', 'sdpa' or 'flash_attention_2'"
         )
     name = f"{PREFIX}{original}"
     if name not in AttentionInterface._global_mapping:

@@ -84,6 +84,7 @@ class PactHandle:
         for index in range(first, n_layers):
             families.check_layer(self.decoder.layers[index], index)
         self._validate_needs()
+        self._attention_name = pact_name(self.original_attention)
 
     def _validate_needs(self) -> None:
         for stage, pipeline in zip(self.config.stages, self.pipelines.values(), strict=True):
@@ -103,7 +104,7 @@ class PactHandle:
         object.__setattr__(self.model, _HANDLE_ATTRIBUTE, weakref.ref(self))
         if not self.config.stages:
             return
-        self.decoder.config._attn_implementation = pact_name(self.original_attention)
+        self.decoder.config._attn_implementation = self._attention_name
         hooks = [
             self.model.register_forward_pre_hook(self._before_model, with_kwargs=True),
             self.model.register_forward_hook(self._after_model, always_call=True),
@@ -119,8 +120,19 @@ class PactHandle:
             hooks.append(layer.register_forward_pre_hook(hook, with_kwargs=True))
         self._hooks = hooks
 
+    @property
+    def attached(self) -> bool:
+        """Whether this handle's hooks are still on the model."""
+        marker = getattr(self.model, _HANDLE_ATTRIBUTE, None)
+        return marker is not None and marker() is self
+
     def detach(self) -> None:
-        """Remove every hook and restore the attention implementation (idempotent)."""
+        """Remove every hook and restore the attention implementation.
+
+        Idempotent, and a no-op once detached (so a stale handle never undoes a newer one).
+        """
+        if not self.attached:
+            return
         try:
             for hook in self._hooks:
                 hook.remove()
@@ -128,8 +140,7 @@ class PactHandle:
             self._hooks = []
             if self.config.stages:
                 self.decoder.config._attn_implementation = self.original_attention
-            if getattr(self.model, _HANDLE_ATTRIBUTE, None) is not None:
-                object.__delattr__(self.model, _HANDLE_ATTRIBUTE)
+            object.__delattr__(self.model, _HANDLE_ATTRIBUTE)
             self._sessions = weakref.WeakKeyDictionary()
             self._call = None
             self._pending_mask = None
