@@ -87,3 +87,22 @@ def test_no_growth_over_many_generate_calls():
         assert len(handle._sessions) == 0  # sessions die with their caches
         assert len(handle.stats.last) == 1 and handle.stats.calls == 100
         assert all_hooks(tiny.model) == hooks and len(handle._hooks) == installed
+
+
+def test_failed_forward_is_not_counted():
+    """A forward that raises after the stage ran records nothing and leaves no call state."""
+    tiny = tiny_model("llava", "qwen2")
+    batch = make_batches(tiny, ROWS[:1], "left").batch
+
+    def fail(module, args, output):
+        raise RuntimeError("boom")
+
+    with pact.attached(tiny.model, "pact") as handle:
+        broken = tiny.model.get_decoder().layers[-1].register_forward_hook(fail)
+        with pytest.raises(RuntimeError, match="boom"):
+            logits(tiny, batch)
+        broken.remove()
+        assert handle._call is None
+        assert (handle.stats.calls, handle.stats.visual_in, handle.stats.last) == (0, 0, [])
+        logits(tiny, batch)
+        assert handle.stats.calls == 1

@@ -172,7 +172,8 @@ class PactHandle:
 
     def _after_model(self, module, args, output):
         try:
-            if self._call is not None and self._call.stats:
+            # On an exception torch calls this hook with no output: nothing ran to count.
+            if self._call is not None and self._call.stats and output is not None:
                 self.stats.record(self._call.stats)
         finally:
             self._call = None
