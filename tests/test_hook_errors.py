@@ -203,7 +203,7 @@ def test_offloaded_layer_refused():
 
 def test_unwrappable_attention_refused(llava):
     """flex attention takes a block mask pact does not build: refused before any change."""
-    tiny, batch, reference = llava
+    tiny, _batch, _reference = llava
     decoder_config = tiny.model.get_decoder().config
     decoder_config._attn_implementation = "flex_attention"
     try:
