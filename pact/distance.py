@@ -16,11 +16,13 @@ def normalize(features: Tensor) -> Tensor:
 def cosine_distances(features: Tensor) -> Tensor:
     """``[n, n]`` ``1 - cos``: clamped at 0, exactly symmetric, exactly 0 on the diagonal."""
     unit = normalize(features)
-    distances = (1.0 - unit @ unit.T).clamp(min=0.0)
+    distances = unit @ unit.T
+    distances.neg_().add_(1.0).clamp_(min=0.0)  # in place: at most two n x n at a time
     # Matmul rounding may differ between (i, j) and (j, i); averaging makes the two equal.
-    distances = (distances + distances.T) * 0.5
-    distances.fill_diagonal_(0.0)
-    return distances
+    symmetric = distances + distances.T
+    del distances
+    symmetric.mul_(0.5).fill_diagonal_(0.0)
+    return symmetric
 
 
 def cross_cosine_distances(left: Tensor, right: Tensor) -> Tensor:

@@ -13,8 +13,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pact.clusterers.common import gaussian_density
-from pact.clusterers.dbdpc import Dbdpc, dbdpc_centers
+from pact.bench.dbdpc_timing import legacy_centers, synthetic_keys
+from pact.clusterers import dbdpc as dbdpc_module
+from pact.clusterers.common import density_order, gaussian_density
+from pact.clusterers.dbdpc import Dbdpc, dbdpc_centers, denser_neighbours
 from pact.distance import cosine_distances, cross_cosine_distances
 
 CUTOFFS = [0.0, 0.02, 0.1, 0.21, 0.4, 0.8, 1.2]
@@ -180,6 +182,63 @@ def test_opposite_directions_stay_apart_below_distance_two():
     result = Dbdpc({"cutoff": 1.99}).cluster(pair, torch.ones(3))
     assert result.centers.numel() == 2
     assert result.labels[0] == result.labels[2] != result.labels[1]
+
+
+# --- the masked form against the legacy compacting form and the definition -------------
+
+
+def sequential_centers(distances: torch.Tensor, order: torch.Tensor, cutoff: float) -> list[int]:
+    """The definition on given distances and order (no density recomputed)."""
+    centers: list[int] = []
+    for token in order.tolist():
+        if not centers or bool((distances[token, centers] > cutoff).all()):
+            centers.append(token)
+    return sorted(centers)
+
+
+@settings(max_examples=300, deadline=None)
+@given(**feature_cases, check_every=st.sampled_from([1, 2, 3, 4, 16]))
+def test_masked_form_equals_legacy_form_and_definition(seed, n, dim, kind, cutoff, dc, check_every):
+    """The masked rounds (any check interval) pick the legacy form's and the definition's
+    centers, on the same float32 distances and density order."""
+    features = make_features(seed, n, dim, kind)
+    distances = cosine_distances(features)
+    order = density_order(gaussian_density(distances, dc))
+    masked = dbdpc_centers(distances, order, cutoff, check_every)
+    assert masked.tolist() == legacy_centers(distances, order, cutoff).tolist()
+    assert masked.tolist() == sequential_centers(distances, order, cutoff)
+
+
+@pytest.mark.parametrize("check_every", [1, 4, 16])
+@pytest.mark.parametrize(("n", "kind"), [(700, "smooth"), (1500, "smooth"), (500, "random")])
+def test_masked_form_on_image_like_keys(n, kind, check_every):
+    """bf16 image-like keys: tens of centers over 10+ rounds, the legacy form's centers."""
+    features = synthetic_keys(n, 64, kind, "cpu", seed=n).float()
+    distances = cosine_distances(features)
+    order = density_order(gaussian_density(distances, 2.0))
+    expected = legacy_centers(distances, order, 0.21)
+    assert torch.equal(dbdpc_centers(distances, order, 0.21, check_every), expected)
+    if kind == "smooth":
+        assert 10 < expected.numel() < n // 4  # many rounds, not one
+    assert sequential_centers(distances, order, 0.21) == expected.tolist()
+
+
+def test_neighbour_matrix_is_the_same_in_any_block_size(monkeypatch):
+    features = make_features(5, 90, 6, "clustered")
+    distances = cosine_distances(features)
+    order = density_order(gaussian_density(distances, 2.0))
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(90)
+    expected = ((distances <= 0.3) & (rank[None, :] < rank[:, None])).to(torch.float16)
+    for elements in (1, 90 * 7, 10**9):  # one row, 7 rows (uneven last block), all at once
+        monkeypatch.setitem(dbdpc_module._BLOCK_ELEMENTS, "cpu", elements)
+        assert torch.equal(denser_neighbours(distances, rank, 0.3), expected)
+
+
+def test_check_every_must_be_positive():
+    distances = cosine_distances(make_features(1, 5, 3, "random"))
+    with pytest.raises(ValueError, match="check_every"):
+        dbdpc_centers(distances, torch.arange(5), 0.2, check_every=0)
 
 
 # --- the helpers the reference above relies on -------------------------------------------

@@ -41,8 +41,9 @@ def clustering_from_roots(roots: Tensor) -> Clustering:
 
 
 def gaussian_density(distances: Tensor, bandwidth: float) -> Tensor:
-    """``rho[i] = sum_j exp(-(d_ij / bandwidth)^2)`` in float32."""
-    return torch.exp(-((distances / bandwidth) ** 2)).sum(dim=1)
+    """``rho[i] = sum_j exp(-(d_ij / bandwidth)^2)`` in float32 (one n x n temporary)."""
+    scaled = distances / bandwidth
+    return scaled.square_().neg_().exp_().sum(dim=1)
 
 
 def density_order(density: Tensor) -> Tensor:
