@@ -38,6 +38,17 @@ class ReducedAttention:
     """``[B, KV]`` float32 ``log(size)`` of each key; None: proportional attention off."""
     any_padding: bool
     """Whether any key is invalid (decided once per call, not per layer, to avoid syncs)."""
+    trailing_padding_only: bool = False
+    """Whether every row's invalid keys come after all its valid ones (rows padded at the
+    end, as reduction pads them)."""
+
+    def needs_mask(self, q_len: int, kv_len: int) -> bool:
+        """Whether a plain causal kernel, given no mask, could let a real query see padding.
+
+        Padding that trails every row sits after each real query of a full-length call, so
+        causality already hides it; the (finite, unused) outputs at padded slots may differ.
+        """
+        return self.any_padding and not (self.trailing_padding_only and q_len == kv_len)
 
     def additive_mask(self, query: Tensor) -> Tensor:
         """``[B, 1, Q, KV]`` causal + padding mask with the log-size bias, query dtype."""
@@ -109,7 +120,8 @@ def make_attention(original: str) -> Callable:
         scaling = module.scaling if scaling is None else scaling
         if "flash" in original:
             return _flash(base, original, reduced, module, query, key, value, scaling, kwargs)
-        if original == "sdpa" and not reduced.any_padding and query.shape[2] in (1, key.shape[2]):
+        q_len, kv_len = query.shape[2], key.shape[2]
+        if original == "sdpa" and q_len in (1, kv_len) and not reduced.needs_mask(q_len, kv_len):
             return _sdpa_fast(base, reduced, module, query, key, value, scaling, kwargs)
         mask = reduced.additive_mask(query)
         return base(module, query, key, value, mask, scaling=scaling, **kwargs)
@@ -119,7 +131,8 @@ def make_attention(original: str) -> Callable:
 
 
 def _sdpa_fast(base, reduced, module, query, key, value, scaling, kwargs):
-    """No padding and plain causal structure: no mask, so torch may pick a fused kernel."""
+    """No visible padding and plain causal structure: no mask, so torch may pick a fused
+    (flash) kernel."""
     if reduced.log_sizes is None:
         return base(module, query, key, value, None, scaling=scaling, **kwargs)
     head_dim = query.shape[-1]
@@ -132,7 +145,8 @@ def _flash(base, original, reduced, module, query, key, value, scaling, kwargs):
     head_dim = query.shape[-1]
     if reduced.log_sizes is not None:
         query, key, value = reduced.augment(query, key, value, scaling)
-    mask = reduced.key_valid.to(query.device) if reduced.any_padding else None
+    needs_mask = reduced.needs_mask(query.shape[2], key.shape[2])
+    mask = reduced.key_valid.to(query.device) if needs_mask else None
     view = _OriginalConfigView(module, original)
     output, weights = base(view, query, key, value, mask, scaling=scaling, **kwargs)
     return output[..., :head_dim], weights

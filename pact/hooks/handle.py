@@ -303,9 +303,16 @@ class PactHandle:
             keys = append_keys(previous, view.valid, view.sizes)
         session.stages[index] = keys
         log_sizes = torch.log(keys.sizes) if stage.proportional_attention else None
-        view.attention = ReducedAttention(keys.valid, log_sizes, not bool(keys.valid.all()))
+        view.attention = ReducedAttention(keys.valid, log_sizes, *_padding_layout(keys.valid))
         call.view = view
         return hidden
+
+
+def _padding_layout(valid: Tensor) -> tuple[bool, bool]:
+    """(any key invalid, invalid keys only trail each row), with one host sync."""
+    trailing = (valid[:, 1:] <= valid[:, :-1]).all()
+    any_padding, trailing_only = torch.stack([~valid.all(), trailing]).tolist()
+    return any_padding, trailing_only
 
 
 def _check_cache(cache: Any, index: int, previous) -> None:
