@@ -6,6 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from pact.bench.commands import add_bench
 from pact.config import PactConfig
 from pact.errors import ConfigError, UnknownNameError
 from pact.presets import list_presets, preset_text
@@ -46,6 +47,45 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _viz(args: argparse.Namespace) -> int:
+    from pact.bench.viz_demo import format_viz, run_viz  # imports transformers
+
+    rendering, stages = run_viz(
+        args.out, args.model, args.text, args.config, tuple(args.set), args.image, args.seed,
+        args.scale,
+    )  # fmt: skip
+    print(format_viz(args.out, args.model, args.text, args.config, rendering, stages))
+    return 0
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer; got {text!r}")
+    return int(text)
+
+
+def _add_viz(commands) -> None:
+    viz = commands.add_parser(
+        "viz", help="draw the pruned tokens and merged clusters on a tiny VLM's image (PNG)"
+    )
+    viz.add_argument(
+        "--model",
+        default="llava",
+        help="tiny model family: llava, llava_next, llava_onevision, qwen2_vl, qwen2_5_vl "
+        "(default: llava)",
+    )
+    viz.add_argument("--text", default="qwen2", help="text decoder of llava-style models")
+    viz.add_argument("--config", default="pact", help="preset name or config file")
+    viz.add_argument("--out", default="pact-viz.png", help="PNG file to write")
+    viz.add_argument("--image", metavar="HxW", help="image size in px (default: the family's)")
+    viz.add_argument("--seed", type=int, default=0, help="seed of weights and pixels")
+    viz.add_argument(
+        "--scale", type=_positive_int, help="pixels per image pixel (default: >= 256 px high)"
+    )
+    _add_overrides(viz)
+    viz.set_defaults(run=_viz)
+
+
 def _add_overrides(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--set",
@@ -84,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     components = commands.add_parser("components", help="list registered components")
     components.set_defaults(run=_components)
+    _add_viz(commands)
+    add_bench(commands)
     return parser
 
 

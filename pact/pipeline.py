@@ -189,15 +189,20 @@ def _pad_rows(inputs: LayerInputs, rows: list[RowReduction], stats: ReductionSta
     positions = torch.zeros(
         batch, longest, n_components, dtype=inputs.positions.dtype, device=device
     )
+    assignment = torch.full(inputs.hidden.shape[:2], -1, dtype=torch.long, device=device)
     for b, row in enumerate(rows):
         length = row.slots.numel()
         slots[b, :length], mask[b, :length] = row.slots, True
         hidden[b, :length], sizes[b, :length] = row.hidden, row.sizes
         positions[b, :length] = row.positions
+        if row.assignment is not None:
+            assignment[b] = row.assignment
+        else:  # a merger that does not report its clusters: survivors map to themselves
+            assignment[b, row.slots] = row.slots
     if inputs.positions.dim() == 2:
         positions = positions[..., 0]
     visual = inputs.real_visual_mask.gather(1, slots) & mask
-    return Reduction(slots, mask, hidden, sizes, positions, visual, stats)
+    return Reduction(slots, mask, hidden, sizes, positions, visual, stats, assignment)
 
 
 def reduce(

@@ -173,6 +173,10 @@ class RowReduction:
     """``[M, C]`` position ids."""
     retrieved: int = 0
     """Pruned visual tokens taken back into a cluster."""
+    assignment: Tensor | None = None
+    """``[N]`` long: for each input slot, the slot of the token it folded into (itself when
+    it survives unmerged), -1 when removed. None: the merger did not say (a plugin not using
+    ``fold_row``); the pipeline then infers survivors only."""
 
 
 @dataclass
@@ -222,3 +226,7 @@ class Reduction:
     visual_mask: Tensor
     """``[B, M]`` bool, True at surviving visual (possibly merged) tokens."""
     stats: ReductionStats
+    assignment: Tensor | None = None
+    """``[B, N]`` long, in the input's slots: the slot of the surviving token each input slot
+    folded into (its own slot when kept alone or not visual; a cluster's center slot when
+    merged or retrieved), -1 when removed (pruned and not retrieved, or dropped as noise)."""

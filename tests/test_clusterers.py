@@ -381,3 +381,14 @@ def test_none_is_the_identity(n):
     result = NoClustering().cluster(torch.randn(n, 3), torch.ones(n))
     assert result.labels.tolist() == list(range(n))
     assert result.centers.tolist() == list(range(n))
+
+
+@pytest.mark.parametrize("size", [7, 1000, 2**24 + 5])
+def test_linear_quantile_matches_numpy_beyond_torch_limits(size):
+    """torch.quantile refuses > 2**24 values (n = 5000 tokens has 25M distances)."""
+    from pact.clusterers.dpc import linear_quantile
+
+    values = torch.rand(size, generator=torch.Generator().manual_seed(size))
+    for q in (0.0, 0.02, 0.5, 1.0):
+        expected = np.quantile(values.double().numpy(), q)
+        assert linear_quantile(values, q) == pytest.approx(expected, abs=1e-6)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from pydantic import Field
 from torch import Tensor
@@ -29,6 +31,19 @@ class DpcConfig(ClustererConfig):
     """Density bandwidth; None: the classic rule, the 2% quantile of pairwise distances."""
     dc_quantile: float = Field(0.02, gt=0.0, lt=1.0)
     """Quantile of pairwise distances used as bandwidth when ``dc`` is None."""
+
+
+def linear_quantile(values: Tensor, q: float) -> float:
+    """``numpy.quantile``'s default (linear) quantile of a 1-D tensor of any size.
+
+    ``torch.quantile`` refuses more than 2**24 elements, fewer than the n**2 distances of
+    n = 5000 tokens; selecting the two neighbouring order statistics has no such limit.
+    """
+    position = q * (values.numel() - 1)
+    low, high = math.floor(position), math.ceil(position)
+    low_value = float(torch.kthvalue(values, low + 1).values)
+    high_value = float(torch.kthvalue(values, high + 1).values)
+    return low_value + (position - low) * (high_value - low_value)
 
 
 def nearest_denser(distances: Tensor, order: Tensor) -> tuple[Tensor, Tensor]:
@@ -65,7 +80,7 @@ class Dpc(Clusterer):
         off_diagonal = distances[~torch.eye(n, dtype=torch.bool, device=distances.device)]
         if off_diagonal.numel() == 0:
             return 1.0
-        return max(float(torch.quantile(off_diagonal, self.config.dc_quantile)), 1e-6)
+        return max(linear_quantile(off_diagonal, self.config.dc_quantile), 1e-6)
 
     def cluster(self, features: Tensor, sizes: Tensor) -> Clustering:
         n = features.shape[0]

@@ -25,6 +25,7 @@ from pact.hooks.state import (
     Session,
     View,
     append_keys,
+    compose_assignment,
     restore_length,
     rope_to_pipeline,
 )
@@ -60,6 +61,11 @@ class PactHandle:
         )
         self.original_attention = self.decoder.config._attn_implementation
         self.stats = HandleStats()
+        self.last_assignments: list[Tensor] = []
+        """Per stage of the last reducing forward, ``[B, N]`` over its N original tokens:
+        the original slot of the token each one ended up in after that stage (itself when
+        kept alone or not visual, its cluster's center when merged or retrieved), -1 when
+        removed. Replaced by each reducing forward, emptied by :meth:`detach`."""
         self._sessions: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._call: Call | None = None
         self._pending_mask: Tensor | None = None
@@ -121,6 +127,12 @@ class PactHandle:
         self._hooks = hooks
 
     @property
+    def last_assignment(self) -> Tensor | None:
+        """``[B, N]`` after the last stage of the last reducing forward (see
+        :attr:`last_assignments`); None before any."""
+        return self.last_assignments[-1] if self.last_assignments else None
+
+    @property
     def attached(self) -> bool:
         """Whether this handle's hooks are still on the model."""
         marker = getattr(self.model, _HANDLE_ATTRIBUTE, None)
@@ -144,6 +156,7 @@ class PactHandle:
             self._sessions = weakref.WeakKeyDictionary()
             self._call = None
             self._pending_mask = None
+            self.last_assignments = []
 
     def __enter__(self) -> PactHandle:
         return self
@@ -175,6 +188,7 @@ class PactHandle:
             # On an exception torch calls this hook with no output: nothing ran to count.
             if self._call is not None and self._call.stats and output is not None:
                 self.stats.record(self._call.stats)
+                self.last_assignments = self._call.assignments
         finally:
             self._call = None
             self._pending_mask = None
@@ -291,6 +305,10 @@ class PactHandle:
             inputs = LayerInputs(hidden, view.visual, qk, positions, view.sizes, view.valid)
             reduction = pipeline(inputs)
             call.stats.append(reduction.stats)
+            previous_assignment = call.assignments[-1] if call.assignments else None
+            call.assignments.append(
+                compose_assignment(previous_assignment, view, reduction.assignment, call.length)
+            )
             rotary = getattr(self.decoder, "rotary_emb", None)
             view, shift = reduced_view(view, reduction, stage.position_mode, rotary)
             hidden = reduction.hidden

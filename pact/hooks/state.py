@@ -69,6 +69,8 @@ class Call:
     session: Session | None = None
     view: View | None = None
     stats: list[ReductionStats] = field(default_factory=list)
+    assignments: list[Tensor] = field(default_factory=list)
+    """Per reducing stage, ``[B, length]``: see :func:`compose_assignment`."""
 
 
 def gather_tokens(tensor: Tensor | None, slots: Tensor, token_dim: int) -> Tensor | None:
@@ -139,3 +141,30 @@ def restore_length(hidden: Tensor, slots: Tensor, kept: Tensor, length: int) -> 
     source.scatter_(1, torch.where(kept, slots, length), order)
     source = torch.cummax(source[:, :length], dim=1).values.clamp(min=0)
     return hidden.gather(1, source[..., None].expand(-1, -1, hidden.shape[-1]))
+
+
+def compose_assignment(
+    previous: Tensor | None, view: View, assignment: Tensor, length: int
+) -> Tensor:
+    """``[B, length]``: the original slot of the token each original token now lives in.
+
+    ``assignment`` (``Reduction.assignment``) is in the slots of the stage's input, whose
+    original slots ``view.slots`` gives; ``previous`` is the same answer after the earlier
+    stages (None: this is the first reducing stage). -1 marks removed tokens.
+    """
+    batch, tokens = assignment.shape
+    device = assignment.device
+    if view.slots is None:  # first reduction of the call: input slots are original slots
+        original = torch.arange(tokens, device=device).expand(batch, -1)
+        real = torch.ones(batch, tokens, dtype=torch.bool, device=device)
+    else:
+        original, real = view.slots.to(device), view.slot_mask.to(device)
+    target = torch.where(assignment >= 0, original.gather(1, assignment.clamp(min=0)), -1)
+    # Old original slot -> new one; row padding writes to a spare last column.
+    table = torch.full((batch, length + 1), -1, dtype=torch.long, device=device)
+    table.scatter_(1, torch.where(real, original, length), target)
+    if previous is None:
+        return table[:, :length]
+    previous = previous.to(device)
+    moved = table.gather(1, torch.where(previous >= 0, previous, length))
+    return torch.where(previous >= 0, moved, -1)

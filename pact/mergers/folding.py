@@ -101,10 +101,16 @@ def fold_row(row: RowMergeInput, cluster_hidden: ClusterHidden) -> RowReduction:
     slots, positions = slots[order], positions[order]
     if row.position_mode == "renumber":
         positions = renumber(positions, row.padding_mask[slots])
+    # Members (kept, or retrieved) point at their center's slot; the rest of the visual
+    # tokens were removed; every other slot survives as itself.
+    assignment = torch.full_like(row.padding_mask, -1, dtype=torch.long)
+    assignment[other_slots] = other_slots
+    assignment[members.slots] = members.center_slots[members.clusters]
     return RowReduction(
         slots=slots,
         hidden=hidden[order].to(row.hidden.dtype),
         sizes=sizes[order],
         positions=positions,
         retrieved=members.retrieved,
+        assignment=assignment,
     )
