@@ -38,12 +38,33 @@ def _components(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from pact.bench import checkpoint  # imports torch
+
+    if checkpoint.is_checkpoint(args.model):
+        return _run_checkpoint(args, checkpoint)
+    if args.image or args.prompt:
+        raise ValueError(
+            f"--image/--prompt need a checkpoint --model (a directory or hub id owner/name); "
+            f"{args.model!r} is a built-in tiny model"
+        )
     from pact.bench.demo import format_report, run_demo  # imports transformers
 
+    family = args.model.removeprefix(checkpoint.BUILTIN_PREFIX)
     baseline, reduced = run_demo(
-        args.model, args.text, args.config, tuple(args.set), args.max_new_tokens, seed=args.seed
+        family, args.text, args.config, tuple(args.set), args.max_new_tokens or 8, seed=args.seed
     )
-    print(format_report(args.model, args.text, baseline, reduced))
+    print(format_report(family, args.text, baseline, reduced))
+    return 0
+
+
+def _run_checkpoint(args: argparse.Namespace, checkpoint) -> int:
+    settings = checkpoint.Settings(
+        args.model, args.image, args.prompt or "Describe this image.", args.config,
+        tuple(args.set), args.max_new_tokens or 32, args.device, args.dtype, args.attn,
+        args.compare,
+    )  # fmt: skip
+    reduced, baseline, model = checkpoint.run_checkpoint(settings)
+    print(checkpoint.format_checkpoint_report(settings, reduced, baseline, model))
     return 0
 
 
@@ -62,6 +83,38 @@ def _positive_int(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer; got {text!r}")
     return int(text)
+
+
+def _add_run(commands) -> None:
+    run = commands.add_parser(
+        "run",
+        help="one image and a prompt on a checkpoint -> answer and reduction stats; "
+        "without a checkpoint, a built-in tiny VLM next to no reduction (offline)",
+    )
+    run.add_argument(
+        "--model",
+        default="llava",
+        help="checkpoint (local directory or hub id owner/name) or built-in tiny family "
+        "(llava, llava_next, llava_onevision, qwen2_vl, qwen2_5_vl; also tiny:NAME) "
+        "(default: llava)",
+    )
+    run.add_argument("--image", help="image file (checkpoints only)")
+    run.add_argument("--prompt", help="question about the image (checkpoints only; "
+                     "default: 'Describe this image.')")  # fmt: skip
+    run.add_argument("--text", default="qwen2", help="text decoder of llava-style tiny models")
+    run.add_argument("--config", default="pact", help="preset name or config file")
+    run.add_argument("--max-new-tokens", type=_positive_int,
+                     help="greedy tokens (default: 8 tiny, 32 checkpoint)")  # fmt: skip
+    run.add_argument("--seed", type=int, default=0, help="seed of tiny weights and inputs")
+    run.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
+    run.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"),
+                     default="auto", help="default: bfloat16 on cuda, float32 on cpu")  # fmt: skip
+    run.add_argument("--attn", choices=("sdpa", "eager", "flash_attention_2"), default="sdpa",
+                     help="attention implementation to load the checkpoint with")  # fmt: skip
+    run.add_argument("--compare", action=argparse.BooleanOptionalAction, default=True,
+                     help="also generate without pact and say whether answers match")  # fmt: skip
+    _add_overrides(run)
+    run.set_defaults(run=_run)
 
 
 def _add_viz(commands) -> None:
@@ -111,17 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_overrides(config)
     config.set_defaults(run=_config)
 
-    run = commands.add_parser(
-        "run", help="reduce and generate on a built-in tiny VLM, next to no reduction (offline)"
-    )
-    run.add_argument("--model", default="llava", help="tiny model family (default: llava)")
-    run.add_argument("--text", default="qwen2", help="text decoder of llava-style models")
-    run.add_argument("--config", default="pact", help="preset name or config file")
-    run.add_argument("--max-new-tokens", type=int, default=8, help="greedy tokens per row")
-    run.add_argument("--seed", type=int, default=0, help="seed of weights and inputs")
-    _add_overrides(run)
-    run.set_defaults(run=_run)
-
+    _add_run(commands)
     components = commands.add_parser("components", help="list registered components")
     components.set_defaults(run=_components)
     _add_viz(commands)
