@@ -180,7 +180,7 @@ def _bench_fidelity(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_presets(presets: list[str]) -> None:
+def _check_presets(presets: list[str], option: str = "--presets") -> None:
     from pact.config import PactConfig
     from pact.errors import ConfigError
 
@@ -188,7 +188,7 @@ def _check_presets(presets: list[str]) -> None:
         try:
             PactConfig.load(preset)
         except ConfigError as error:
-            raise ValueError(f"--presets: {error}") from None
+            raise ValueError(f"{option}: {error}") from None
 
 
 def _add_bench_fidelity(commands) -> None:
@@ -225,14 +225,124 @@ def _add_bench_fidelity(commands) -> None:
     parser.set_defaults(run=_bench_fidelity, command="bench fidelity")
 
 
-BENCH_COMMANDS = (_add_bench_clusterers, _add_bench_fidelity)
+def _bench_speed(args: argparse.Namespace) -> int:
+    from pact.bench import speed as bench
+    from pact.bench.speed_models import check_model_spec, load
+
+    _check_bench_args(args)
+    names = [n for n in _split(args.configs, "--configs") if n != "none"]
+    _check_presets(names, "--configs")
+    check_model_spec(args.model, args.image)
+    _check_speed_numbers(args)
+    strengths = _strengths(args, bench.STRENGTHS)
+    if args.target_ratio is not None:
+        untunable = [name for name in names if not bench.tunable(name)]
+        if untunable:
+            raise ValueError(f"--target-ratio: no tunable strength knob in {', '.join(untunable)}")
+    subject = load(args.model, args.image_tokens, args.dtype, args.device, args.seed,
+                   args.image, args.prompt)  # fmt: skip
+    tuned = names if args.target_ratio is not None else []
+    points = bench.plan([] if tuned else names, strengths)  # tuned points are added below
+    with _progress(args, 2 * len(tuned) + len(points), "speed") as bar:
+        for name in tuned:
+            bar.set_description(f"tuning {name}")
+            points.append(bench.tuned_point(subject, name, args.target_ratio, args.tune_steps))
+            bar.update(1)
+        bar.set_description("speed")
+        report = bench.run_speed(subject, points, args.repeats, args.decode_tokens, bar)
+    report["target_ratio"] = args.target_ratio
+    print(bench.format_table(report))
+    _write_outputs(args, report, bench.plot)
+    return 0
+
+
+def _strengths(args: argparse.Namespace, table: dict) -> dict:
+    """The knob table with ``--strength PRESET=V1,V2`` replacements."""
+    strengths = dict(table)
+    if args.strength and args.target_ratio is not None:
+        raise ValueError("--strength and --target-ratio exclude each other")
+    for item in args.strength:
+        preset, sep, values = item.partition("=")
+        if not sep or preset not in strengths:
+            raise ValueError(
+                f"--strength takes PRESET=V1,V2 with PRESET one of {', '.join(strengths)}; "
+                f"got {item!r}"
+            )
+        strengths[preset] = (strengths[preset][0], tuple(_split(values, "--strength", _number)))
+    return strengths
+
+
+def _check_speed_numbers(args: argparse.Namespace) -> None:
+    import torch
+
+    for option in ("repeats", "decode_tokens", "image_tokens", "tune_steps"):
+        if getattr(args, option) < 1:
+            name = "--" + option.replace("_", "-")
+            raise ValueError(f"{name} must be at least 1; got {getattr(args, option)}")
+    if args.target_ratio is not None and not 0 < args.target_ratio < 1:
+        raise ValueError(f"--target-ratio must lie between 0 and 1; got {args.target_ratio}")
+    if args.device is None:
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.device not in ("cpu", "cuda") or (
+        args.device == "cuda" and not torch.cuda.is_available()
+    ):
+        raise ValueError(f"--device takes cpu, or cuda where torch sees one; got {args.device!r}")
+
+
+def _add_bench_speed(commands) -> None:
+    parser = commands.add_parser(
+        "speed",
+        help="prefill latency, decode tokens/s, peak memory, KV bytes against none",
+        description="Each preset or config file at several strengths (or tuned to one "
+        "reduction ratio), with `none` in the same run: median prefill latency, decode "
+        "tokens/s, peak memory, KV-cache bytes, visual tokens kept, seconds in scorer / "
+        "clusterer / merger, and each figure's ratio to `none`.",
+    )
+    parser.add_argument("--configs", default="pact,fastv,tome,kmeans", metavar="A,B",
+                        help="presets or config files; none is always measured "
+                        "(default: pact,fastv,tome,kmeans)")  # fmt: skip
+    parser.add_argument("--strength", "--strengths", action="append", default=[],
+                        metavar="PRESET=V1,V2", help="values of PRESET's strength knob, "
+                        "replacing the table's three (repeatable)")  # fmt: skip
+    parser.add_argument("--target-ratio", type=float, metavar="R",
+                        help="instead of strengths: tune each knob to remove about R of the "
+                        "visual tokens")  # fmt: skip
+    parser.add_argument("--tune-steps", type=int, default=7, help="tries per tuning (default: 7)")
+    parser.add_argument("--model", default="tiny:llava", metavar="SPEC",
+                        help="tiny:<family>, shape:qwen2-0.5b, shape:qwen2-7b, or a "
+                        "checkpoint path / hub id (default: tiny:llava)")  # fmt: skip
+    parser.add_argument("--image-tokens", type=int, default=2000,
+                        help="visual tokens of shape: models (default: 2000)")  # fmt: skip
+    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
+                        help="model dtype (default: float32)")  # fmt: skip
+    parser.add_argument("--device",
+                        help="cpu or cuda (default: cuda if present)")  # fmt: skip
+    parser.add_argument("--image", metavar="FILE", help="input image (checkpoint models)")
+    parser.add_argument("--prompt", default="Describe the image.", help="prompt (checkpoints)")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="timed prefills per configuration, after a warm-up (default: 3)",
+    )
+    parser.add_argument(
+        "--decode-tokens",
+        type=int,
+        default=4,
+        help="greedy decoding steps timed after the prefill (default: 4)",
+    )
+    _add_bench_options(parser)
+    parser.set_defaults(run=_bench_speed, command="bench speed")
+
+
+BENCH_COMMANDS = (_add_bench_clusterers, _add_bench_fidelity, _add_bench_speed)
 """One function per benchmark; each adds its subparser to ``pact bench``."""
 
 
 def add_bench(commands) -> None:
     """Add ``pact bench`` and its subcommands to the top-level ``commands``."""
     bench = commands.add_parser(
-        "bench", help="benchmarks: clusterers, fidelity", description="pact's benchmarks."
+        "bench", help="benchmarks: clusterers, fidelity, speed", description="pact's benchmarks."
     )
     benchmarks = bench.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
     for add in BENCH_COMMANDS:
