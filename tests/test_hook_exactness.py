@@ -18,6 +18,7 @@ from hook_helpers import (
 )
 
 import pact
+from pact.bench.flash_check import COPIES, VECTORS, copies_inputs
 from pact.hooks.attention import KWARG
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -196,33 +197,6 @@ def test_removed_positions_repeat_the_last_surviving_output(family, text, paddin
 
 
 # ------------------------------------------------------------- proportional attention
-COPIES = 3
-VECTORS = 4
-
-
-def copies_inputs(tiny, copies: int, seed: int = 0):
-    """Embeddings ``[text x3, VECTORS distinct visual, copies x one visual vector, text x3]``.
-
-    The copies share one position id, so they have identical keys and values: merged into
-    one token of size ``copies``, proportional attention must reproduce them exactly.
-    """
-    embed = tiny.model.get_input_embeddings()
-    device, dtype = embed.weight.device, embed.weight.dtype
-    generator = torch.Generator().manual_seed(seed)
-    dim = embed.weight.shape[1]
-    distinct = torch.randn(1, VECTORS, dim, generator=generator)
-    copy = torch.randn(1, 1, dim, generator=generator).expand(1, copies, dim)
-    with torch.no_grad():
-        text = embed(torch.tensor([[5, 6, 7, 8, 9, 10]], device=device))
-    visual_part = torch.cat([distinct, copy], dim=1).to(device, dtype)
-    embeds = torch.cat([text[:, :3], visual_part, text[:, 3:]], dim=1)
-    start = 3 + VECTORS
-    positions = torch.cat(
-        [torch.arange(start), torch.full((copies,), start), torch.arange(start + 1, start + 4)]
-    )[None].to(device)
-    visual = torch.zeros(1, embeds.shape[1], dtype=torch.bool, device=device)
-    visual[0, 3 : start + copies] = True
-    return embeds, positions, visual
 
 
 def left_pad(embeds, positions, visual, width: int):

@@ -151,9 +151,11 @@ def dispatch_report(tiny: TinyVLM, batch: dict, config: Any, implementation: str
 
 
 # ------------------------------------------------------------------ duplicates invariant
-def _copies_inputs(tiny: TinyVLM, copies: int, seed: int = 0):
-    """Embeddings ``[text x3, VECTORS distinct visual, copies x one visual vector, text x3]``;
-    the copies share one position id, so their keys and values are identical."""
+def copies_inputs(tiny: TinyVLM, copies: int, seed: int = 0):
+    """Embeddings ``[text x3, VECTORS distinct visual, copies x one visual vector, text x3]``,
+    positions and visual mask. The copies share one position id, so they have identical keys
+    and values: merged into one token of size ``copies``, proportional attention must
+    reproduce them exactly (also used by tests/test_hook_exactness.py)."""
     embed = tiny.model.get_input_embeddings()
     device, dtype = embed.weight.device, embed.weight.dtype
     generator = torch.Generator().manual_seed(seed)
@@ -181,7 +183,7 @@ def _left_pad(tensor: Tensor, width: int) -> Tensor:
 
 def _padded_pair(tiny: TinyVLM, embeds: Tensor, positions: Tensor, visual: Tensor) -> dict:
     """The row left-padded under a longer text-only second row (the masked path)."""
-    other, other_positions, _ = _copies_inputs(tiny, COPIES + 5, seed=1)
+    other, other_positions, _ = copies_inputs(tiny, COPIES + 5, seed=1)
     width = other.shape[1]
     mask = torch.ones(2, width, dtype=torch.long, device=embeds.device)
     mask[0, : width - embeds.shape[1]] = 0
@@ -196,7 +198,7 @@ def _padded_pair(tiny: TinyVLM, embeds: Tensor, positions: Tensor, visual: Tenso
 
 def _merged_vs_copies(tiny: TinyVLM, reference: TinyVLM, proportional: bool, padded: bool):
     """Largest next-token logit difference: merged (hooked ``tiny``) vs copies (``reference``)."""
-    embeds, positions, visual = _copies_inputs(tiny, COPIES)
+    embeds, positions, visual = copies_inputs(tiny, COPIES)
     with torch.no_grad():
         expected = reference.model(inputs_embeds=embeds, position_ids=positions).logits[0, -1]
     kwargs = {"inputs_embeds": embeds, "position_ids": positions}
