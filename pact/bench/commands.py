@@ -160,15 +160,7 @@ def _bench_fidelity(args: argparse.Namespace) -> int:
     _check_bench_args(args)
     presets = None if args.presets is None else _split(args.presets, "--presets")
     _check_presets(presets or ())
-    strengths = dict(bench.STRENGTHS)
-    for item in args.strength:
-        preset, sep, values = item.partition("=")
-        if not sep or preset not in strengths:
-            raise ValueError(
-                f"--strength takes PRESET=V1,V2 with PRESET one of {', '.join(strengths)}; "
-                f"got {item!r}"
-            )
-        strengths[preset] = (strengths[preset][0], tuple(_split(values, "--strength", _number)))
+    strengths = _strengths(args, bench.STRENGTHS)
     count = len(bench.plan(presets or bench.default_presets(), strengths))
     with _progress(args, count + (not args.no_reference), "fidelity") as progress:
         report = bench.run_fidelity(
@@ -259,7 +251,8 @@ def _bench_speed(args: argparse.Namespace) -> int:
 def _strengths(args: argparse.Namespace, table: dict) -> dict:
     """The knob table with ``--strength PRESET=V1,V2`` replacements."""
     strengths = dict(table)
-    if args.strength and args.target_ratio is not None:
+    # `bench fidelity` has no --target-ratio; `bench speed` takes one or the other.
+    if args.strength and getattr(args, "target_ratio", None) is not None:
         raise ValueError("--strength and --target-ratio exclude each other")
     for item in args.strength:
         preset, sep, values = item.partition("=")
