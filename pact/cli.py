@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pact.bench.commands import add_bench
 from pact.config import PactConfig
 from pact.errors import ConfigError, UnknownNameError
+from pact.eval.command import add_eval
 from pact.presets import list_presets, preset_text
 from pact.registry import REGISTRIES
 
@@ -169,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     components.set_defaults(run=_components)
     _add_viz(commands)
     add_bench(commands)
+    _add_overrides(add_eval(commands))
     return parser
 
 

@@ -34,6 +34,14 @@ def _number(text: str) -> int | float:
         return float(text)
 
 
+def _at_least_one(args: argparse.Namespace, options: tuple[str, ...]) -> None:
+    """Each of ``options`` (attribute names) is at least 1, or a ValueError names it."""
+    for option in options:
+        if getattr(args, option) < 1:
+            name = "--" + option.replace("_", "-")
+            raise ValueError(f"{name} must be at least 1; got {getattr(args, option)}")
+
+
 def _check_bench_args(args: argparse.Namespace) -> None:
     """Checks shared by the benchmarks, made before anything slow runs."""
     from pathlib import Path
@@ -71,13 +79,14 @@ def _write_outputs(args: argparse.Namespace, report: dict, plot) -> None:
         print(f"wrote {args.plot}")
 
 
-def _add_bench_options(parser: argparse.ArgumentParser) -> None:
+def _add_bench_options(parser: argparse.ArgumentParser, seed: bool = True) -> None:
     parser.add_argument("--json", metavar="PATH", help="write every figure as JSON to PATH")
     parser.add_argument("--plot", metavar="PATH", help="write a matplotlib plot (PNG) to PATH")
     parser.add_argument(
         "--threads", type=int, metavar="N", help="torch CPU threads (default: torch's own)"
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of inputs and weights")
+    if seed:
+        parser.add_argument("--seed", type=int, default=0, help="seed of inputs and weights")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -268,10 +277,7 @@ def _strengths(args: argparse.Namespace, table: dict) -> dict:
 def _check_speed_numbers(args: argparse.Namespace) -> None:
     import torch
 
-    for option in ("repeats", "decode_tokens", "image_tokens", "tune_steps"):
-        if getattr(args, option) < 1:
-            name = "--" + option.replace("_", "-")
-            raise ValueError(f"{name} must be at least 1; got {getattr(args, option)}")
+    _at_least_one(args, ("repeats", "decode_tokens", "image_tokens", "tune_steps"))
     if args.target_ratio is not None and not 0 < args.target_ratio < 1:
         raise ValueError(f"--target-ratio must lie between 0 and 1; got {args.target_ratio}")
     if args.device is None:
@@ -328,14 +334,22 @@ def _add_bench_speed(commands) -> None:
     parser.set_defaults(run=_bench_speed, command="bench speed")
 
 
-BENCH_COMMANDS = (_add_bench_clusterers, _add_bench_fidelity, _add_bench_speed)
+def _add_bench_quality(commands) -> None:
+    from pact.quality.command import add_bench_quality  # it builds on this module's helpers
+
+    add_bench_quality(commands)
+
+
+BENCH_COMMANDS = (_add_bench_clusterers, _add_bench_fidelity, _add_bench_quality, _add_bench_speed)
 """One function per benchmark; each adds its subparser to ``pact bench``."""
 
 
 def add_bench(commands) -> None:
     """Add ``pact bench`` and its subcommands to the top-level ``commands``."""
     bench = commands.add_parser(
-        "bench", help="benchmarks: clusterers, fidelity, speed", description="pact's benchmarks."
+        "bench",
+        help="benchmarks: clusterers, fidelity, quality, speed",
+        description="pact's benchmarks.",
     )
     benchmarks = bench.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
     for add in BENCH_COMMANDS:

@@ -1,0 +1,234 @@
+"""What the lmms-eval wrapper does with a model, free of lmms-eval itself.
+
+:class:`EvalModel` turns (context, images) pairs into the processor's inputs with the chat
+template, generates answers or scores continuations with a pact config attached, and adds
+what each batch cost to a :class:`RunTotals`: visual tokens seen and kept (from the
+handle's stats) and prefill / generation seconds.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from pact.bench import checkpoint
+from pact.hooks import families
+
+DEFAULT_MAX_NEW_TOKENS = 256  # when neither the task nor the wrapper says
+
+
+@dataclass
+class TaskTotals:
+    """Sums over the requests of one task (a request's seconds are its batch's)."""
+
+    requests: int = 0
+    visual_seen: int = 0
+    visual_kept: int = 0
+    prefill_s: float = 0.0
+    generate_s: float = 0.0
+
+    def add(self, other: TaskTotals) -> None:
+        for name in ("requests", "visual_seen", "visual_kept", "prefill_s", "generate_s"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+    def summary(self) -> dict[str, Any]:
+        """Plain numbers: counts, reduction ratio (1 - kept/seen), mean seconds per request."""
+        per_request = max(self.requests, 1)
+        ratio = 1.0 - self.visual_kept / self.visual_seen if self.visual_seen else 0.0
+        return {
+            "requests": self.requests,
+            "visual_tokens_seen": self.visual_seen,
+            "visual_tokens_kept": self.visual_kept,
+            "reduction_ratio": round(ratio, 4),
+            "prefill_s_per_request": self.prefill_s / per_request,
+            "generation_s_per_request": self.generate_s / per_request,
+        }
+
+
+@dataclass
+class RunTotals:
+    """Per-task totals of a whole evaluation run."""
+
+    tasks: dict[str, TaskTotals] = field(default_factory=dict)
+
+    def add(self, task: str, batch: TaskTotals) -> None:
+        self.tasks.setdefault(task, TaskTotals()).add(batch)
+
+    def overall(self) -> TaskTotals:
+        total = TaskTotals()
+        for task in self.tasks.values():
+            total.add(task)
+        return total
+
+    def summary(self) -> dict[str, Any]:
+        tasks = {name: totals.summary() for name, totals in sorted(self.tasks.items())}
+        return {"overall": self.overall().summary(), "tasks": tasks}
+
+
+@dataclass
+class Generation:
+    """How one batch is generated, from an lmms-eval request's generation kwargs."""
+
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+    until: tuple[str, ...] = ()
+    temperature: float = 0.0
+    top_p: float | None = None
+    num_beams: int = 1
+
+    @classmethod
+    def from_kwargs(cls, kwargs: dict[str, Any], cap: int | None = None) -> Generation:
+        """Read the task's kwargs; ``cap`` bounds ``max_new_tokens`` (the wrapper's limit)."""
+        until = kwargs.get("until") or ()
+        until = (until,) if isinstance(until, str) else tuple(until)
+        new_tokens = int(kwargs.get("max_new_tokens") or DEFAULT_MAX_NEW_TOKENS)
+        if cap is not None:
+            new_tokens = min(new_tokens, cap)
+        top_p = kwargs.get("top_p")
+        return cls(
+            max_new_tokens=new_tokens,
+            until=until,
+            temperature=float(kwargs.get("temperature") or 0.0),
+            top_p=None if top_p is None else float(top_p),
+            num_beams=int(kwargs.get("num_beams") or 1),
+        )
+
+    def generate_kwargs(self) -> dict[str, Any]:
+        """Arguments of ``model.generate``: greedy unless a positive temperature is asked."""
+        sample = self.temperature > 0
+        kwargs = {"max_new_tokens": self.max_new_tokens, "do_sample": sample}
+        kwargs["num_beams"] = self.num_beams
+        if sample:
+            kwargs["temperature"] = self.temperature
+            if self.top_p is not None:
+                kwargs["top_p"] = self.top_p
+        return kwargs
+
+    def cut(self, text: str) -> str:
+        """The answer up to the first stop string, without surrounding blanks."""
+        for stop in self.until:
+            if stop:
+                text = text.split(stop, 1)[0]
+        return text.strip()
+
+
+def prompt_text(processor, context: str, images: int) -> str:
+    """The model's prompt: one user turn with ``images`` images, then ``context``.
+
+    Uses the processor's chat template; without one, image placeholders then the context
+    (LLaVA-1.5's raw form). A context that already holds the image placeholder keeps it.
+    """
+    image_token = getattr(processor, "image_token", "<image>")
+    if image_token in context:
+        images = 0
+    if getattr(processor, "chat_template", None):
+        content = [{"type": "image"}] * images + [{"type": "text", "text": context}]
+        messages = [{"role": "user", "content": content}]
+        return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return f"{image_token}\n" * images + context
+
+
+def load_model(
+    spec: str, device: str | None, dtype: str = "auto", attn: str = "sdpa", seed: int = 0
+):
+    """``(processor, model)`` of a checkpoint (path or hub id) or ``tiny:<family>``.
+
+    Names follow ``pact run``: ``tiny:NAME`` or a bare name that is no directory and has no
+    '/' is a built-in tiny model, given a byte-level processor
+    (:mod:`pact.eval.tiny_processor`).
+    """
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if checkpoint.is_checkpoint(spec):
+        settings = checkpoint.Settings(spec, None, "", device=device, dtype=dtype, attn=attn)
+        return checkpoint.load(settings)
+    from pact.eval.tiny_processor import load_tiny
+
+    family = spec.removeprefix(checkpoint.BUILTIN_PREFIX)
+    torch_dtype = checkpoint.DTYPES.get(dtype, torch.float32)
+    try:
+        return load_tiny(family, seed=seed, device=device, dtype=torch_dtype, attn=attn)
+    except ValueError as error:
+        raise ValueError(f"--model {spec!r}: {error}") from error
+
+
+class EvalModel:
+    """A processor and model; each call takes the handle of the pact config attached."""
+
+    def __init__(self, processor, model):
+        self.processor = processor
+        self.model = model
+        self.tokenizer = getattr(processor, "tokenizer", processor)
+        self.tokenizer.padding_side = "left"  # batched generation appends on the right
+        self.visual_ids = families.visual_token_ids(model)
+
+    def inputs(self, texts: list[str], images: list) -> dict[str, torch.Tensor]:
+        """Processor outputs of a batch on the model's device (pixels in its dtype)."""
+        batch = self.processor(images=images or None, text=texts, return_tensors="pt", padding=True)
+        moved = {}
+        for name, value in batch.items():
+            cast = self.model.dtype if value.is_floating_point() else None
+            moved[name] = value.to(device=self.model.device, dtype=cast)
+        return moved
+
+    def visual_count(self, input_ids: torch.Tensor) -> int:
+        """Image/video placeholders in a batch: the visual tokens the model sees."""
+        if not self.visual_ids:
+            return 0
+        ids = torch.tensor(self.visual_ids, device=input_ids.device)
+        return int(torch.isin(input_ids, ids).sum())
+
+    def generate(self, handle, texts: list[str], images: list, generation: Generation):
+        """``(answers, totals)`` of one batch generated with ``handle`` attached."""
+        from transformers import StoppingCriteriaList
+
+        inputs = self.inputs(texts, images)
+        clock = checkpoint._FirstTokenClock(self.model.device)  # prefill ends at token one
+        removed_before = handle.stats.visual_in - handle.stats.visual_out
+        pad = self.tokenizer.pad_token_id
+        checkpoint._sync(self.model.device)
+        start = time.perf_counter()
+        with torch.no_grad():
+            output = self.model.generate(
+                **inputs,
+                **generation.generate_kwargs(),
+                stopping_criteria=StoppingCriteriaList([clock]),
+                pad_token_id=self.tokenizer.eos_token_id if pad is None else pad,
+            )
+        checkpoint._sync(self.model.device)
+        end = time.perf_counter()
+        first = clock.first or end
+        new = output[:, inputs["input_ids"].shape[1] :]
+        decoded = self.tokenizer.batch_decode(new, skip_special_tokens=True)
+        answers = [generation.cut(text) for text in decoded]
+        totals = self._totals(handle, inputs, removed_before, len(texts))
+        # Every request of the batch waited for the whole batch.
+        totals.prefill_s = (first - start) * len(texts)
+        totals.generate_s = (end - first) * len(texts)
+        return answers, totals
+
+    def loglikelihood(self, handle, context: str, continuation: str, images: list):
+        """``((log p(continuation | context), greedy?), totals)`` of one request."""
+        prompt = prompt_text(self.processor, context, len(images))
+        context_length = self.inputs([prompt], images)["input_ids"].shape[1]
+        inputs = self.inputs([prompt + continuation], images)
+        removed_before = handle.stats.visual_in - handle.stats.visual_out
+        checkpoint._sync(self.model.device)
+        start = time.perf_counter()
+        with torch.no_grad():
+            logits = self.model(**inputs).logits
+        checkpoint._sync(self.model.device)
+        totals = self._totals(handle, inputs, removed_before, 1)
+        totals.prefill_s = time.perf_counter() - start
+        # Position t predicts token t+1: the continuation's tokens follow the context's.
+        targets = inputs["input_ids"][0, context_length:]
+        scores = logits[0, context_length - 1 : -1].float().log_softmax(-1)
+        logprob = scores.gather(-1, targets[:, None]).sum().item()
+        greedy = bool((scores.argmax(-1) == targets).all())
+        return (logprob, greedy), totals
+
+    def _totals(self, handle, inputs: dict, removed_before: int, requests: int) -> TaskTotals:
+        seen = self.visual_count(inputs["input_ids"])
+        removed = handle.stats.visual_in - handle.stats.visual_out - removed_before
+        return TaskTotals(requests=requests, visual_seen=seen, visual_kept=seen - removed)

@@ -1,0 +1,95 @@
+"""Regression tests on the shipped benchmark model (CPU, the card's fixed test subset)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from pact.hooks import attached
+from pact.quality import bench
+from pact.quality import model as quality_model
+from pact.quality.model import batch, card_figures, load
+from pact.quality.score import SUBSET, blind_accuracy, examples, predictions
+
+RATIOS = (0.3, 0.5, 0.7, 0.9)
+LAYER = 2  # `pact bench quality`'s default
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return load()
+
+
+@pytest.fixture(scope="module")
+def subset():
+    return examples("test", SUBSET)
+
+
+@pytest.fixture(scope="module")
+def unreduced_right(model, subset):
+    return predictions(model, subset)
+
+
+@pytest.fixture(scope="module")
+def calibration(subset):
+    return batch(list(subset[:32]))
+
+
+def accuracy_with(model, subset, calibration, name: str, target: float) -> tuple[float, float]:
+    setting = bench.choose(model, calibration, name, target, LAYER, steps=7)
+    result = bench.evaluate(model, subset, setting.config(), batch_size=64)
+    return result["accuracy"], result["reduction_ratio"]
+
+
+def test_shipped_files_and_card_agree_with_the_training_record():
+    folder = quality_model.assets_dir()
+    figures = card_figures()
+    card = (folder / "MODEL_CARD.md").read_text(encoding="utf-8")
+    assert f"**{figures['test']['accuracy']}**" in card
+    assert figures["command"] in card
+    # the model uses the image: clearly above answering each kind's most frequent answer
+    blind = blind_accuracy(examples("test", figures["test"]["examples"]))
+    assert f"scores {round(blind, 4)} on the same examples" in card.replace("\n", " ")
+    assert figures["test"]["accuracy"] > blind + 0.05
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    assert config["text_config"]["num_hidden_layers"] >= 8
+
+
+def test_unreduced_accuracy_on_the_subset_equals_the_card(unreduced_right):
+    assert sum(unreduced_right) == card_figures()["test"][f"first_{SUBSET}_correct"]
+
+
+def test_answers_equal_greedy_generation(model, subset):
+    """What the benchmark scores is what ``generate`` answers."""
+    items = list(subset[:8])
+    inputs = batch(items)
+    generated = model.generate(**inputs, max_new_tokens=1)[:, -1]
+    scored = quality_model.answer_logits(model, inputs).argmax(-1)
+    assert torch.equal(generated, scored)
+
+
+def test_pact_keeps_95_percent_of_the_accuracy_at_half_the_tokens(
+    model, subset, calibration, unreduced_right
+):
+    accuracy, ratio = accuracy_with(model, subset, calibration, "pact", 0.5)
+    assert abs(ratio - 0.5) < 0.08
+    assert accuracy >= 0.95 * sum(unreduced_right) / len(unreduced_right)
+
+
+@pytest.mark.parametrize("target", RATIOS)
+def test_pact_is_at_least_as_accurate_as_random_pruning(model, subset, calibration, target):
+    pact_accuracy, pact_ratio = accuracy_with(model, subset, calibration, "pact", target)
+    random_accuracy, random_ratio = accuracy_with(model, subset, calibration, "random", target)
+    assert pact_ratio >= random_ratio - 0.05  # compared at (about) the same reduction
+    assert pact_accuracy >= random_accuracy
+
+
+def test_the_model_is_untouched_after_the_benchmark_detaches(model, subset, unreduced_right):
+    inputs = batch(list(subset[:4]))
+    before = quality_model.answer_logits(model, inputs)
+    with attached(model, "pact"):
+        quality_model.answer_logits(model, inputs)
+    assert torch.equal(quality_model.answer_logits(model, inputs), before)
