@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from pact.cli import main
+from pact.quality import card as quality_card
 from pact.quality import train
 from pact.quality.auxiliary import CLASSES, patch_labels
 from pact.quality.model import (
@@ -149,3 +150,25 @@ def test_the_saved_model_has_no_training_head(trained):
     out, _ = trained
     saved = set(load(out).state_dict())
     assert saved == set(new_model(seed=0).state_dict())
+
+
+def test_a_continued_run_keeps_the_chain_and_draws_new_scenes(trained, tmp_path):
+    first_dir, first = trained
+    second = train.main(["--init", str(first_dir), "--out", str(tmp_path), "--steps", "2",
+                         "--batch-size", "4", "--warmup", "1", "--test-size", "16",
+                         "--threads", "1"])  # fmt: skip
+    assert second["previous"] == first
+    assert train.scenes_seen(second) == 3 * 4 + 2 * 4  # the second run started at scene 12
+    card = (tmp_path / "MODEL_CARD.md").read_text(encoding="utf-8")
+    assert card.index(first["command"]) < card.index(second["command"])
+    total = round(first["train_seconds"] + second["train_seconds"], 1)
+    assert f"{total} s in all" in card
+
+
+def test_card_command_rewrites_the_card_from_the_record(trained, tmp_path):
+    out, figures = trained
+    copy = tmp_path / "model"
+    copy.mkdir()
+    (copy / "training.json").write_text((out / "training.json").read_text())
+    quality_card.main([str(copy)])
+    assert (copy / "MODEL_CARD.md").read_text() == quality_card.render(figures)

@@ -10,6 +10,7 @@ import torch
 from pact.hooks import attached
 from pact.quality import bench
 from pact.quality import model as quality_model
+from pact.quality.card import TARGET_ACCURACY
 from pact.quality.model import batch, card_figures, load
 from pact.quality.score import SUBSET, blind_accuracy, examples, predictions
 
@@ -54,6 +55,7 @@ def test_shipped_files_and_card_agree_with_the_training_record():
     blind = blind_accuracy(examples("test", figures["test"]["examples"]))
     assert f"scores {round(blind, 4)} on the same examples" in card.replace("\n", " ")
     assert figures["test"]["accuracy"] > blind + 0.05
+    assert ("**Interim model**" in card) == (figures["test"]["accuracy"] < TARGET_ACCURACY)
     config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     assert config["text_config"]["num_hidden_layers"] >= 8
 

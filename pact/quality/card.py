@@ -26,6 +26,17 @@ def sum_seconds(figures: dict) -> float:
     return round(figures["train_seconds"] + (sum_seconds(previous) if previous else 0.0), 1)
 
 
+TARGET_ACCURACY = 0.85
+"""Test accuracy from which the benchmark's curves can rank methods (see docs/quality.md)."""
+
+
+def _target_note(test: dict) -> str:
+    if test["accuracy"] >= TARGET_ACCURACY:
+        return ""
+    return (f"\n**Interim model**: below the {TARGET_ACCURACY} test accuracy the quality benchmark "
+            "needs to rank reduction methods (docs/quality.md, 'Status of the shipped model').\n")
+
+
 def _blind(test: dict) -> str:
     """The blind guess's accuracy on the examples the model was scored on."""
     return str(round(blind_accuracy(examples("test", test["examples"])), 4))
@@ -76,6 +87,7 @@ the train split ({settings['steps']} steps x {settings['batch_size']} scenes x
 Overall: **{test['accuracy']}**; on the first {SUBSET} (the regression tests' subset):
 {test[f'first_{SUBSET}_correct']}/{SUBSET} correct. Answering without the image (each
 question kind's most frequent training answer) scores {_blind(test)} on the same examples.
+{_target_note(test)}
 
 | question kind | accuracy |
 |---|---|
