@@ -34,12 +34,12 @@ def _number(text: str) -> int | float:
         return float(text)
 
 
-def _at_least_one(args: argparse.Namespace, options: tuple[str, ...]) -> None:
-    """Each of ``options`` (attribute names) is at least 1, or a ValueError names it."""
+def check_at_least_one(args: argparse.Namespace, options: tuple[str, ...]) -> None:
+    """Each of ``options`` (attribute names) is unset or at least 1, or a ValueError names it."""
     for option in options:
-        if getattr(args, option) < 1:
-            name = "--" + option.replace("_", "-")
-            raise ValueError(f"{name} must be at least 1; got {getattr(args, option)}")
+        value = getattr(args, option)
+        if value is not None and value < 1:
+            raise ValueError(f"--{option.replace('_', '-')} must be at least 1; got {value}")
 
 
 def _check_bench_args(args: argparse.Namespace) -> None:
@@ -125,9 +125,7 @@ def _check_clusterer_args(args: argparse.Namespace, sizes: list, devices: list |
             raise ValueError(f"--devices takes cpu and cuda; got {device!r}")
         if device == "cuda" and not torch.cuda.is_available():
             raise ValueError("--devices: cuda was asked for but torch sees no CUDA device")
-    for option, value in (("--dim", args.dim), ("--repeats", args.repeats)):
-        if value < 1:
-            raise ValueError(f"{option} must be at least 1; got {value}")
+    check_at_least_one(args, ("dim", "repeats"))
     if args.budget <= 0:
         raise ValueError(f"--budget must be positive; got {args.budget}")
 
@@ -277,7 +275,7 @@ def _strengths(args: argparse.Namespace, table: dict) -> dict:
 def _check_speed_numbers(args: argparse.Namespace) -> None:
     import torch
 
-    _at_least_one(args, ("repeats", "decode_tokens", "image_tokens", "tune_steps"))
+    check_at_least_one(args, ("repeats", "decode_tokens", "image_tokens", "tune_steps"))
     if args.target_ratio is not None and not 0 < args.target_ratio < 1:
         raise ValueError(f"--target-ratio must lie between 0 and 1; got {args.target_ratio}")
     if args.device is None:

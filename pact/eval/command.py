@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pact.bench.commands import check_at_least_one
 from pact.config import PactConfig
 from pact.eval import INSTALL_HINT, lmms_eval_available
 
@@ -161,10 +162,7 @@ def check_args(args: argparse.Namespace) -> PactConfig:
         raise ValueError(INSTALL_HINT)
     config = _load_config(args.config, args.set)
     args.tasks = _split_names(args.tasks)
-    for option in ("batch_size", "max_new_tokens"):
-        value = getattr(args, option)
-        if value is not None and value < 1:
-            raise ValueError(f"--{option.replace('_', '-')} must be at least 1; got {value}")
+    check_at_least_one(args, ("batch_size", "max_new_tokens"))
     if args.limit is not None:
         if args.limit <= 0 or (args.limit >= 1 and not args.limit.is_integer()):
             raise ValueError(f"--limit takes a count or a fraction below 1; got {args.limit:g}")

@@ -6,11 +6,11 @@ import argparse
 
 from pact.bench.commands import (
     _add_bench_options,
-    _at_least_one,
     _check_bench_args,
     _progress,
     _split,
     _write_outputs,
+    check_at_least_one,
 )
 
 
@@ -42,7 +42,7 @@ def _check_quality_numbers(args: argparse.Namespace) -> None:
 
     from pact.quality.model import DECODER, WEIGHTS_NAME
 
-    _at_least_one(args, ("examples", "batch_size", "calibration", "tune_steps"))
+    check_at_least_one(args, ("examples", "batch_size", "calibration", "tune_steps"))
     if not 0 <= args.layer < DECODER["layers"]:
         raise ValueError(f"--layer must be in [0, {DECODER['layers']}); got {args.layer}")
     if args.model is not None and not (Path(args.model) / WEIGHTS_NAME).is_file():
