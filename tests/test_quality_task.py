@@ -112,31 +112,3 @@ def test_unknown_words_and_splits_are_refused_with_the_allowed_values():
         q.make_example("validation", 0)
     with pytest.raises(ValueError, match="shape must be one of"):
         shape_mask("hexagon", 10, 10, 5)
-
-
-def test_referents_are_the_objects_that_decide_the_answer():
-    """The tokens training guides attention to, checked against each question's answer."""
-    from pact.quality.auxiliary import referents
-    from pact.quality.scenes import CELL_PX, GRID
-
-    def colour_at(ex, token):
-        row, col = divmod(token, GRID)
-        patch = ex.scene.image[row * CELL_PX:(row + 1) * CELL_PX, col * CELL_PX:(col + 1) * CELL_PX]
-        return [name for name in COLOURS if colour_pixels(patch, name).sum() >= 9]
-
-    for ex in SAMPLE:
-        first, second = referents(ex)
-        if ex.kind == "colour":
-            assert len(first) == 1 and colour_at(ex, first[0]) == [ex.answer]
-        elif ex.kind == "shape":
-            named = ex.question.split()[-3]
-            assert len(first) == 1 and colour_at(ex, first[0]) == [named]
-        elif ex.kind == "count":
-            assert len(first) == q.COUNT_WORDS.index(ex.answer)
-        elif ex.kind == "presence":
-            assert (len(first) == 1) == (ex.answer == "yes") and len(first) <= 1
-        else:
-            assert len(first) == len(second) == 1
-            assert (first[0] % GRID < second[0] % GRID) == (ex.answer == "yes")
-        if ex.kind != "relation":
-            assert first == second

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from pact.quality.model import DECODER, IMAGE_TOKENS, PATCH_PX, VISION
+from pact.quality.model import DECODER, IMAGE_TOKENS, VISION
 from pact.quality.questions import ANSWERS, KINDS
-from pact.quality.scenes import IMAGE_PX
 from pact.quality.score import SUBSET, blind_accuracy, examples
 
 
@@ -55,8 +54,8 @@ accuracy against visual-token reduction can be measured offline (`pact bench qua
 It is a measuring instrument, not a useful VLM.
 
 ## Architecture
-- Vision: CLIP vision tower, {VISION['layers']} layers, width {VISION['hidden']},
-  {IMAGE_PX}-px image in {PATCH_PX}-px patches: {IMAGE_TOKENS} visual tokens (CLS dropped).
+- Vision: CLIP vision tower, {VISION['layers']} layers, width {VISION['hidden']}, 96-px image in
+  6-px patches: {IMAGE_TOKENS} visual tokens (CLS dropped).
 - Projector: LLaVA's two-layer MLP.
 - Decoder: Qwen2, {DECODER['layers']} layers, hidden {DECODER['hidden']},
   {DECODER['heads']} query / {DECODER['kv_heads']} key-value heads, word-level vocabulary.
@@ -66,21 +65,17 @@ It is a measuring instrument, not a useful VLM.
 ## Data
 Seeded scenes (`pact.quality.scenes`): 1-4 saturated objects (circle, square, triangle,
 cross; five colours; two sizes) on a plain, textured or photographic ground (crops of
-scikit-image's bundled photographs), {IMAGE_PX} x {IMAGE_PX} px, each object drawn
-inside one {PATCH_PX}-px cell (one visual token), no two in touching cells.
-Questions (`pact.quality.questions`): colour of an object named by shape, shape of an
-object named by colour, counts, presence of a colour-shape pair, left-of relations.
-Training draws a fresh stream from the train split ({settings['steps']} steps x
-{settings['batch_size']} scenes x {settings['questions']} questions); the test split uses
-other seeds.
+scikit-image's bundled photographs), 96 x 96 px. Questions (`pact.quality.questions`):
+colour of an object named by shape, shape of an object named by colour, counts,
+presence of a colour-shape pair, left-of relations. Training draws a fresh stream from
+the train split ({settings['steps']} steps x {settings['batch_size']} scenes x
+{settings['questions']} questions); the test split uses other seeds.
 
 ## Training
 - Objective: cross-entropy of each answer token (several questions per scene, the first
   one seeing exactly the evaluation prompt), plus {settings['aux_weight']} x a per-token
-  loss: linear heads, dropped after training, classify each projected visual token's
-  colour, shape and size (or ground) and an object token's grid row and column
-  (`pact.quality.auxiliary`). The vision tower's position table starts at 2-D sines and
-  cosines of the patch grid (`pact.quality.model.new_model`).
+  object loss: a linear head, dropped after training, classifies each projected visual
+  token as background or one of the 20 (shape, colour) objects (`pact.quality.auxiliary`).
 {_commands(figures)}
 - Settings: {', '.join(f'{k}={v}' for k, v in settings.items())}
 - Time: {figures['train_seconds']} s on {figures['machine']['cpu_threads']} CPU threads

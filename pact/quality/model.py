@@ -1,9 +1,9 @@
 """The quality benchmark's VLM: a stock ``LlavaForConditionalGeneration``, sized for a CPU.
 
-A 2-layer CLIP vision tower reads the 192-px scene in 12-px patches, one per scene cell
-(16 x 16 = 256 visual tokens); a Qwen2-style decoder of 8 layers reads ``<bos>``, the
-visual tokens and the question, and answers with one token.  :func:`load` returns the
-shipped, trained weights; :func:`batch` turns examples into the model's inputs.
+A 2-layer CLIP vision tower reads the 96-px scene in 6-px patches (16 x 16 = 256 visual
+tokens); a Qwen2-style decoder of 8 layers reads ``<bos>``, the visual tokens and the
+question, and answers with one token.  :func:`load` returns the shipped, trained weights;
+:func:`batch` turns examples into the model's inputs.
 """
 
 from __future__ import annotations
@@ -17,9 +17,10 @@ import torch
 import transformers as hf
 
 from pact.quality.questions import BOS_ID, EOS_ID, IMAGE_ID, PAD_ID, VOCAB, Example
-from pact.quality.scenes import CELL_PX, GRID, IMAGE_PX
+from pact.quality.scenes import IMAGE_PX
 
-PATCH_PX = CELL_PX  # one patch per scene cell: each object is one visual token
+PATCH_PX = 6
+GRID = IMAGE_PX // PATCH_PX
 IMAGE_TOKENS = GRID * GRID
 DECODER = dict(layers=8, hidden=128, heads=4, kv_heads=2, intermediate=384)
 VISION = dict(layers=2, hidden=96, heads=4, intermediate=256)
@@ -45,7 +46,6 @@ def model_config() -> hf.LlavaConfig:
         num_attention_heads=DECODER["heads"],
         num_key_value_heads=DECODER["kv_heads"],
         max_position_embeddings=512,
-        rope_parameters={"rope_type": "default", "rope_theta": 1e6},  # Qwen2's own base
         pad_token_id=PAD_ID,
         bos_token_id=BOS_ID,
         eos_token_id=EOS_ID,
@@ -64,27 +64,8 @@ def new_model(seed: int, attn: str = "sdpa") -> hf.LlavaForConditionalGeneration
     """A freshly initialised model (what training starts from)."""
     torch.manual_seed(seed)
     model = hf.LlavaForConditionalGeneration(_with_attn(model_config(), attn))
-    _init_grid_positions(model.model.vision_tower.embeddings.position_embedding.weight)
     _set_generation_defaults(model)
     return model
-
-
-@torch.no_grad()
-def _init_grid_positions(table: torch.Tensor, scale: float = 0.1) -> None:
-    """Start the vision tower's learned position table (CLS first, then the patches in
-    raster order) at 2-D sines and cosines of each patch's row and column, at about the
-    patch embeddings' magnitude. CLIP's random start hides where a patch is, and "left
-    of" questions need it; training still updates the table freely."""
-    half = table.shape[1] // 2
-    rows, columns = torch.meshgrid(torch.arange(GRID), torch.arange(GRID), indexing="ij")
-
-    def waves(coordinate: torch.Tensor, width: int) -> torch.Tensor:
-        frequencies = 1.0 / (50.0 ** (torch.arange(width // 2) / (width // 2)))
-        angles = coordinate.reshape(-1, 1).float() * frequencies
-        return torch.cat([angles.sin(), angles.cos()], dim=1)
-
-    table[1:] = scale * torch.cat([waves(rows, half), waves(columns, table.shape[1] - half)], 1)
-    table[0] = 0.0
 
 
 def assets_dir() -> Path:

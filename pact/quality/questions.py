@@ -13,15 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pact.quality.scenes import (
-    CELL_PX,
-    COLOURS,
-    MAX_OBJECTS,
-    SHAPES,
-    Scene,
-    SceneObject,
-    render_scene,
-)
+from pact.quality.scenes import COLOURS, MAX_OBJECTS, SHAPES, Scene, SceneObject, render_scene
 
 KINDS = ("colour", "shape", "count", "presence", "relation")
 COUNT_WORDS = ("zero", "one", "two", "three", "four")
@@ -35,7 +27,7 @@ VOCAB = (*SPECIAL_TOKENS, *QUESTION_WORDS, *COLOURS, *SHAPES, *PLURALS.values(),
          *COUNT_WORDS)
 TOKEN_IDS = {word: index for index, word in enumerate(VOCAB)}
 SPLIT_SEEDS = {"train": 1, "test": 2}
-MIN_SIDE_GAP_PX = float(CELL_PX)  # objects in one column are not asked "left of"
+MIN_SIDE_GAP_PX = 8.0  # horizontal centre distance below which "left of" is not asked
 
 
 @dataclass(frozen=True)

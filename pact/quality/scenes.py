@@ -1,11 +1,8 @@
 """Seeded synthetic scenes: a few coloured shapes on plain, textured or photographic ground.
 
 A scene is small objects (the important, rare tokens) on a large background (the
-redundant tokens), as in real images.  The image is a grid of ``CELL_PX`` cells (the
-benchmark model's patches) and each object is drawn whole inside one cell, so every
-object is one visual token and every other token is ground: which tokens a reduction
-keeps decides what the model can still answer.  Every function is deterministic given its
-seed, uses numpy only (the photographs come from scikit-image's bundled data), and draws
+redundant tokens), as in real images.  Every function is deterministic given its seed,
+uses numpy only (the photographs come from scikit-image's bundled data), and draws
 with boolean masks, so the same seed gives the same pixels on every platform.
 """
 
@@ -16,9 +13,7 @@ from functools import cache
 
 import numpy as np
 
-CELL_PX = 12
-GRID = 16  # cells per side
-IMAGE_PX = CELL_PX * GRID
+IMAGE_PX = 96
 COLOURS = {
     "red": (225, 30, 30),
     "green": (30, 185, 45),
@@ -27,13 +22,13 @@ COLOURS = {
     "purple": (160, 45, 210),
 }
 SHAPES = ("circle", "square", "triangle", "cross")
-SIZES = {"small": 3.5, "large": 5.0}  # radius in pixels; a large object and its rim fill a cell
+SIZES = {"small": 6.5, "large": 11.0}  # radius in pixels
 # scikit-image's bundled photographs (no download); the ground of "photo" scenes.
 PHOTOS = ("astronaut", "brick", "camera", "chelsea", "coffee", "grass", "gravel", "rocket",
           "coins", "moon", "immunohistochemistry", "hubble_deep_field")
 BACKGROUNDS = ("plain", "texture", "photo")
 MAX_OBJECTS = 4
-_PIXEL_ROWS, _PIXEL_COLS = np.mgrid[0:IMAGE_PX, 0:IMAGE_PX].astype(np.float64) + 0.5
+GAP_PX = 3  # free pixels between two objects' bounding circles
 
 
 @dataclass(frozen=True)
@@ -49,11 +44,6 @@ class SceneObject:
     @property
     def radius(self) -> float:
         return SIZES[self.size]
-
-    @property
-    def cell(self) -> tuple[int, int]:
-        """``(row, column)`` of the grid cell the object is drawn in."""
-        return int(self.y // CELL_PX), int(self.x // CELL_PX)
 
 
 @dataclass(frozen=True)
@@ -79,8 +69,7 @@ def render_scene(rng: np.random.Generator, max_objects: int = MAX_OBJECTS) -> Sc
 
 
 def _place_objects(rng: np.random.Generator, count: int) -> list[SceneObject]:
-    """Objects with distinct (shape, colour) pairs, each centred in its own grid cell, with
-    no two in touching cells (ground between any two objects)."""
+    """Non-overlapping objects with distinct (shape, colour) pairs, sampled by rejection."""
     objects: list[SceneObject] = []
     pairs = [(s, c) for s in SHAPES for c in COLOURS]
     for _ in range(200):
@@ -90,16 +79,17 @@ def _place_objects(rng: np.random.Generator, count: int) -> list[SceneObject]:
         if any(o.shape == shape and o.colour == colour for o in objects):
             continue
         size = ("small", "large")[rng.integers(2)]
-        row, col = (int(v) for v in rng.integers(0, GRID, size=2))
-        if all(max(abs(o.cell[0] - row), abs(o.cell[1] - col)) >= 2 for o in objects):
-            x, y = (col + 0.5) * CELL_PX, (row + 0.5) * CELL_PX
-            objects.append(SceneObject(shape, colour, size, x, y))
+        radius = SIZES[size]
+        x, y = rng.uniform(radius + 2, IMAGE_PX - radius - 2, size=2)
+        if all(np.hypot(o.x - x, o.y - y) > o.radius + radius + GAP_PX for o in objects):
+            objects.append(SceneObject(shape, colour, size, float(x), float(y)))
     return objects
 
 
 def shape_mask(shape: str, x: float, y: float, radius: float) -> np.ndarray:
     """Boolean ``[IMAGE_PX, IMAGE_PX]`` mask of a shape centred at pixel ``(x, y)``."""
-    dx, dy = _PIXEL_COLS - x, _PIXEL_ROWS - y
+    rows, cols = np.mgrid[0:IMAGE_PX, 0:IMAGE_PX].astype(np.float64) + 0.5
+    dx, dy = cols - x, rows - y
     if shape == "circle":
         return dx**2 + dy**2 <= radius**2
     if shape == "square":
@@ -144,10 +134,10 @@ def _texture(rng: np.random.Generator) -> np.ndarray:
     rows, cols = np.mgrid[0:IMAGE_PX, 0:IMAGE_PX].astype(np.float64)
     kind = rng.integers(3)
     if kind == 0:
-        angle, period = rng.uniform(0, np.pi), rng.uniform(12, 48)
+        angle, period = rng.uniform(0, np.pi), rng.uniform(6, 24)
         weight = (np.sin((cols * np.cos(angle) + rows * np.sin(angle)) * 2 * np.pi / period) > 0)
     elif kind == 1:
-        cell = int(rng.integers(12, 40))
+        cell = int(rng.integers(6, 20))
         weight = ((rows // cell + cols // cell) % 2).astype(bool)
     else:
         coarse = rng.uniform(0, 1, size=(7, 7))

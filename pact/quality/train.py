@@ -19,27 +19,20 @@ import math
 import platform
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import transformers
 
 from pact.quality import card
-from pact.quality.auxiliary import (
-    AttentionSupervision,
-    PatchSupervision,
-    object_positions,
-    question_positions,
-)
-from pact.quality.model import DECODER, card_figures, load, new_model, training_batch
+from pact.quality.auxiliary import PatchSupervision
+from pact.quality.model import card_figures, load, new_model, training_batch
 from pact.quality.questions import make_examples
 from pact.quality.scenes import MAX_OBJECTS
 from pact.quality.score import accuracy_by_kind
 
-DEFAULTS = dict(steps=850, batch_size=32, questions=12, curriculum=0, aux_weight=1.0,
-                attn_weight=1.0, attn_layer=4, question_layer=1,
-                lr=3e-3, warmup=100, weight_decay=0.01, seed=0, test_size=1000, threads=2)
+DEFAULTS = dict(steps=1200, batch_size=32, questions=4, curriculum=0, aux_weight=1.0,
+                lr=2e-3, warmup=100, weight_decay=0.01, seed=0, test_size=1000, threads=2)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -56,13 +49,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--aux-weight", type=float, default=DEFAULTS["aux_weight"],
                         help="weight of the per-token object loss (pact.quality.auxiliary; "
                         "0: answers only)")  # fmt: skip
-    parser.add_argument("--attn-weight", type=float, default=DEFAULTS["attn_weight"],
-                        help="weight of the attention guidance loss (pact.quality.auxiliary."
-                        "AttentionSupervision; 0: none)")  # fmt: skip
-    parser.add_argument("--attn-layer", type=int, default=DEFAULTS["attn_layer"],
-                        help="decoder layer guided to read the named objects")
-    parser.add_argument("--question-layer", type=int, default=DEFAULTS["question_layer"],
-                        help="decoder layer guided to gather the question's words")
     parser.add_argument("--lr", type=float, default=DEFAULTS["lr"], help="peak learning rate")
     parser.add_argument("--warmup", type=int, default=DEFAULTS["warmup"],
                         help="steps of linear warm-up before the cosine decay")
@@ -83,13 +69,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if not 0 <= args.warmup < args.steps:
         parser.error("--warmup must be in [0, --steps)")
-    for name in ("attn_layer", "question_layer"):
-        if not 0 <= getattr(args, name) < DECODER["layers"]:
-            parser.error(f"--{name.replace('_', '-')} must be in [0, {DECODER['layers']})")
-    if args.question_layer == args.attn_layer:
-        parser.error("--question-layer and --attn-layer must differ")
-    if args.attn_weight < 0 or args.aux_weight < 0:
-        parser.error("--attn-weight and --aux-weight must be at least 0")
     return args
 
 
@@ -107,10 +86,10 @@ def scenes_seen(figures: dict) -> int:
     return settings["steps"] * settings["batch_size"] + (scenes_seen(previous) if previous else 0)
 
 
-def step_loss(model, guides: Guides, step: int, args: argparse.Namespace,
-              first_scene: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
-    """Mean cross-entropy of every answer in the step's batch of fresh training scenes, the
-    per-token object loss and the attention guidance loss (:mod:`pact.quality.auxiliary`)."""
+def step_loss(model, aux: PatchSupervision, step: int, args: argparse.Namespace,
+              first_scene: int = 0) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Mean cross-entropy of every answer in the step's batch of fresh training scenes,
+    and the auxiliary per-token object loss (:mod:`pact.quality.auxiliary`)."""
     most = MAX_OBJECTS
     if step < args.curriculum:  # 1 object per scene at first, one more every stretch
         most = 1 + step * MAX_OBJECTS // args.curriculum
@@ -122,72 +101,35 @@ def step_loss(model, guides: Guides, step: int, args: argparse.Namespace,
     logits = model(**inputs, use_cache=False).logits
     picked = logits.gather(1, answer_at.clamp(min=0)[..., None].expand(-1, -1, logits.shape[-1]))
     answer_loss = torch.nn.functional.cross_entropy(picked.flatten(0, 1), answers.flatten())
-    token_loss = guides.tokens.loss([group[0].scene for group in groups])
-    attention_loss = torch.zeros((), device=args.device)
-    for guide, where in ((guides.question, _question_targets), (guides.objects, _object_targets)):
-        if guide is not None:
-            attention_loss = attention_loss + guide.loss(answer_at, where(groups, answer_at))
-    return answer_loss, token_loss, attention_loss
-
-
-def _question_targets(groups, answer_at: torch.Tensor) -> list:
-    return [[question_positions(ex, int(answer_at[row, slot])) for slot, ex in enumerate(group)]
-            for row, group in enumerate(groups)]  # fmt: skip
-
-
-def _object_targets(groups, answer_at: torch.Tensor) -> list:
-    return [[object_positions(ex) for ex in group] for group in groups]
-
-
-@dataclass
-class Guides:
-    """The training-only losses' modules (dropped with their hooks after training)."""
-
-    tokens: PatchSupervision
-    question: AttentionSupervision | None
-    objects: AttentionSupervision | None
-
-    @classmethod
-    def on(cls, model, args: argparse.Namespace) -> Guides:
-        tokens = PatchSupervision(model).to(args.device)
-        if args.attn_weight == 0:
-            return cls(tokens, None, None)
-        question = AttentionSupervision(model, args.question_layer)
-        return cls(tokens, question, AttentionSupervision(model, args.attn_layer))
-
-    def remove(self) -> None:
-        self.tokens.remove()
-        for guide in (self.objects, self.question):  # the reverse of attaching
-            if guide is not None:
-                guide.remove()
+    return answer_loss, aux.loss([group[0].scene for group in groups])
 
 
 def train(args: argparse.Namespace, log=print) -> tuple[torch.nn.Module, dict]:
     """Train a fresh model; returns it (in eval mode) and the per-step loss record."""
     torch.set_num_threads(args.threads)
-    model = new_model(args.seed) if args.init is None else load(args.init)
+    model = (new_model(args.seed) if args.init is None else load(args.init))
     model = model.to(args.device).train()
     first_scene = 0 if args.init is None else scenes_seen(card_figures(args.init))
-    guides = Guides.on(model, args)
-    parameters = [*model.parameters(), *guides.tokens.heads.parameters()]
+    aux = PatchSupervision(model).to(args.device)
+    parameters = [*model.parameters(), *aux.head.parameters()]
     optimizer = torch.optim.AdamW(parameters, lr=args.lr, weight_decay=args.weight_decay)
-    losses, started = [], time.perf_counter()
+    losses, aux_losses, started = [], [], time.perf_counter()
     for step in range(args.steps):
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, args)
-        answer, tokens, attention = step_loss(model, guides, step, args, first_scene)
+        answer_loss, aux_loss = step_loss(model, aux, step, args, first_scene)
         optimizer.zero_grad(set_to_none=True)
-        (answer + args.aux_weight * tokens + args.attn_weight * attention).backward()
+        (answer_loss + args.aux_weight * aux_loss).backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
         optimizer.step()
-        losses.append((answer.item(), tokens.item(), attention.item()))
+        losses.append(answer_loss.item())
+        aux_losses.append(aux_loss.item())
         if step % 50 == 0 or step == args.steps - 1:
-            recent = [sum(v) / len(v) for v in zip(*losses[-50:], strict=True)]
-            log(f"step {step:5d}  answer loss {recent[0]:.4f}  token loss {recent[1]:.4f}  "
-                f"attention loss {recent[2]:.4f}  {time.perf_counter() - started:7.1f} s")
-    guides.remove()
-    answers_only = [answer for answer, _, _ in losses]
-    return model.eval(), {"seconds": time.perf_counter() - started, "losses": answers_only}
+            recent, recent_aux = (sum(v[-50:]) / len(v[-50:]) for v in (losses, aux_losses))
+            log(f"step {step:5d}  answer loss {recent:.4f}  token loss {recent_aux:.4f}  "
+                f"{time.perf_counter() - started:7.1f} s")  # fmt: skip
+    aux.remove()
+    return model.eval(), {"seconds": time.perf_counter() - started, "losses": losses}
 
 
 def main(argv: list[str] | None = None) -> dict:
