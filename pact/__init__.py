@@ -3,7 +3,7 @@
 Components (scorers, clusterers, mergers) -> :mod:`pact.pipeline` -> the hook.
 """
 
-from pact import builtins  # noqa: F401  (registers the built-in components)
+from pact import builtin_components  # noqa: F401  (registers the built-in components)
 from pact.clusterers.base import Clusterer, ClustererConfig
 from pact.component import ComponentConfig
 from pact.config import PactConfig, StageConfig

@@ -10,11 +10,10 @@ import math
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING
 
 from pact.config import PactConfig, StageConfig
+from pact.lazy import lazy_module
 from pact.mergers.base import RowMergeInput
 from pact.registry import CLUSTERERS, MERGERS, SCORERS
 from pact.tensors import (
@@ -24,6 +23,11 @@ from pact.tensors import (
     RowReduction,
     StepTimes,
 )
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+torch = lazy_module("torch")
 
 # Guards floor() against products such as 0.29 * 100 = 28.999999999999996.
 _FLOOR_SLACK = 1e-9

@@ -7,11 +7,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import torch
-from torch import Tensor
+from pact.lazy import lazy_module
 
-ProjectionFn = Callable[[bool], tuple[Tensor, Tensor]]
+if TYPE_CHECKING:
+    from torch import Tensor
+
+torch = lazy_module("torch")
+
+
+ProjectionFn = Callable[[bool], tuple["Tensor", "Tensor"]]
 """``fn(rotary) -> (queries, keys)``: shapes ``[B, Hq, N, d]`` and ``[B, Hkv, N, d]``."""
 
 

@@ -24,6 +24,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from pact.hooks.families import VLM_FAMILIES
+
 Box = tuple[int, int, int, int]
 """``(x0, y0, x1, y1)`` in display pixels, ends exclusive."""
 PRUNED, KEPT, MERGED = 0, 1, 2
@@ -37,9 +39,6 @@ MERGE_ALPHA = 0.6
 """Weight of the cluster colour over the image in merged tokens."""
 GAP = 4
 """White pixels between panels (base tile | crops; several images)."""
-LLAVA_GRIDS = ("llava",)
-ANYRES_FAMILIES = ("llava_next", "llava_onevision")
-QWEN_FAMILIES = ("qwen2_vl", "qwen2_5_vl")
 
 
 @dataclass(frozen=True)
@@ -61,15 +60,22 @@ class Geometry:
     max_tiles: int = 9
     """OneVision ``anyres_max_N``: larger feature grids are downscaled to ~N tiles."""
 
+    @property
+    def grid(self) -> str | None:
+        """The family's visual grid (:attr:`pact.hooks.families.Family.grid`)."""
+        family = VLM_FAMILIES.get(self.family)
+        return None if family is None else family.grid
+
     @classmethod
     def from_model(cls, model: Any) -> Geometry:
         """Read the geometry from a transformers VLM's config (tiny or real checkpoint)."""
         config = model.config
         family = config.model_type
-        if family not in (*LLAVA_GRIDS, *ANYRES_FAMILIES, *QWEN_FAMILIES):
+        grid = VLM_FAMILIES[family].grid if family in VLM_FAMILIES else None
+        if grid is None:
             raise ValueError(f"no token geometry for model type {family!r}")
         vision = config.vision_config
-        if family in QWEN_FAMILIES:
+        if grid == "merged":
             merge, temporal = vision.spatial_merge_size, vision.temporal_patch_size
             return cls(family, config.image_token_id, vision.patch_size, merge=merge,
                        temporal=temporal)  # fmt: skip
@@ -217,11 +223,11 @@ def _images_per_row(batch: dict[str, Tensor], rows: int) -> list[int] | None:
 def _image_map(geometry: Geometry, batch: dict, image: int, base_only: bool) -> TokenMap:
     """The token map of the batch's ``image``-th image."""
     pixels = batch["pixel_values"]
-    if geometry.family in QWEN_FAMILIES:
+    if geometry.grid == "merged":
         grids = batch["image_grid_thw"].tolist()
         start = sum(math.prod(g) for g in grids[:image])
         return qwen_map(pixels[start : start + math.prod(grids[image])], grids[image], geometry)
-    if geometry.family in ANYRES_FAMILIES:
+    if geometry.grid == "anyres":
         size = batch["image_sizes"][image].tolist()
         return anyres_map(pixels[image], size, geometry, base_only)
     return llava_map(pixels[image], geometry)

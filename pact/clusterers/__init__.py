@@ -1,4 +1,7 @@
-"""Clusterers: which visual tokens are redundant (built-ins registered by :mod:`pact.builtins`)."""
+"""Clusterers: which visual tokens are redundant.
+
+The built-ins are registered by :mod:`pact.builtin_components`.
+"""
 
 from pact.clusterers.base import Clusterer, ClustererConfig
 

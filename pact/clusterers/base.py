@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from abc import abstractmethod
-from typing import ClassVar
-
-from torch import Tensor
+from typing import TYPE_CHECKING, ClassVar
 
 from pact.component import Component, ComponentConfig
 from pact.tensors import Clustering
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 
 class ClustererConfig(ComponentConfig):

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
-import torch
-from torch import Tensor
-
+from pact.lazy import lazy_module
 from pact.tensors import Clustering
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+torch = lazy_module("torch")
 
 # Guards ceil()/floor() against products such as 0.55 * 100 = 55.00000000000001.
 _RATIO_SLACK = 1e-9

@@ -8,15 +8,21 @@ compacts the matrix to the tokens still uncovered, so a GPU runs the rounds back
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
+
 from pydantic import Field
-from torch import Tensor
 
 from pact.clusterers.base import Clusterer, ClustererConfig
 from pact.clusterers.common import density_order, empty_clustering, gaussian_density
 from pact.distance import cosine_distances
+from pact.lazy import lazy_module
 from pact.registry import register_clusterer
 from pact.tensors import Clustering
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+torch = lazy_module("torch")
 
 CHECK_EVERY = 4
 """Rounds between host synchronisations (termination check and compaction). Extra rounds

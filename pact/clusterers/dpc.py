@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
-import torch
 from pydantic import Field
-from torch import Tensor
 
 from pact.clusterers.base import Clusterer, ClustererConfig
 from pact.clusterers.common import (
@@ -18,8 +17,14 @@ from pact.clusterers.common import (
     gaussian_density,
 )
 from pact.distance import cosine_distances
+from pact.lazy import lazy_module
 from pact.registry import register_clusterer
 from pact.tensors import Clustering
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+torch = lazy_module("torch")
 
 
 class DpcConfig(ClustererConfig):

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 from pydantic import Field
-from torch import Tensor
 
 from pact.backends import require
 from pact.clusterers.base import Clusterer, ClustererConfig
 from pact.clusterers.common import ceil_count, clustering_from_roots, empty_clustering
 from pact.distance import normalize
+from pact.lazy import lazy_module
 from pact.registry import register_clusterer
 from pact.tensors import Clustering
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+torch = lazy_module("torch")
 
 
 class KmeansConfig(ClustererConfig):

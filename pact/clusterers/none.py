@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING
 
 from pact.clusterers.base import Clusterer, ClustererConfig
+from pact.lazy import lazy_module
 from pact.registry import register_clusterer
 from pact.tensors import Clustering
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+torch = lazy_module("torch")
 
 
 class NoneConfig(ClustererConfig):

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import torch
 from pydantic import Field, model_validator
-from torch import Tensor
 
 from pact.backends import require
 from pact.clusterers.base import Clusterer, ClustererConfig
@@ -18,8 +16,14 @@ from pact.clusterers.common import (
     medoid_roots,
 )
 from pact.distance import cosine_distances, normalize
+from pact.lazy import lazy_module
 from pact.registry import register_clusterer
 from pact.tensors import Clustering
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+torch = lazy_module("torch")
 
 
 class DbscanConfig(ClustererConfig):

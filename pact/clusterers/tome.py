@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
+
 from pydantic import Field, model_validator
-from torch import Tensor
 
 from pact.clusterers.base import Clusterer, ClustererConfig
 from pact.clusterers.common import clustering_from_roots, empty_clustering, floor_count
 from pact.distance import normalize
+from pact.lazy import lazy_module
 from pact.registry import register_clusterer
 from pact.tensors import Clustering
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+torch = lazy_module("torch")
 
 
 class TomeConfig(ClustererConfig):

@@ -1,5 +1,10 @@
 """Model families pact attaches to: one small table, no copied model files.
 
+:data:`VLM_FAMILIES` is the one place that says what differs between families: the hook
+reads their token ids, :mod:`pact.viz` their visual grid, :mod:`pact.models.tiny` which of
+them it builds, and the command line's help lists them from it. This module imports
+neither torch nor transformers until a model is handed to it.
+
 Every supported decoder layer is called as ``layer(hidden, attention_mask=...,
 position_embeddings=(cos, sin), position_ids=..., cache=..., **kwargs)`` and its
 ``self_attn`` has ``q_proj``/``k_proj`` (plus optional ``q_norm``/``k_norm``) and uses the
@@ -11,11 +16,18 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
 
-import torch
-from torch import Tensor, nn
-
+from pact.lazy import lazy_module
 from pact.tensors import QKSource
+
+if TYPE_CHECKING:
+    from torch import Tensor, nn
+
+torch = lazy_module("torch")
+
+
+Grid = Literal["patches", "anyres", "merged"]
 
 
 @dataclass(frozen=True)
@@ -26,15 +38,23 @@ class Family:
     """Human name, used in messages and the docs' supported-models table."""
     video: bool = False
     """Whether the model takes video (its video tokens are reduced like image tokens)."""
+    grid: Grid | None = None
+    """How the processor turns an image into visual tokens (what :mod:`pact.viz` draws and
+    :mod:`pact.models.tiny_inputs` reproduces): ``patches``, one square patch grid;
+    ``anyres``, a base tile, then the grid of the crops with a newline token per row;
+    ``merged``, 2 x 2 patches merged into one token, between vision start and end tokens
+    (Qwen-VL). None: no overlay is drawn for the family."""
+    tiny: bool = False
+    """Whether :mod:`pact.models.tiny` builds random-weight models of the family."""
 
 
 VLM_FAMILIES: dict[str, Family] = {
-    "llava": Family("LLaVA-1.5"),
-    "llava_next": Family("LLaVA-NeXT"),
+    "llava": Family("LLaVA-1.5", grid="patches", tiny=True),
+    "llava_next": Family("LLaVA-NeXT", grid="anyres", tiny=True),
     "llava_next_video": Family("LLaVA-NeXT-Video", video=True),
-    "llava_onevision": Family("LLaVA-OneVision", video=True),
-    "qwen2_vl": Family("Qwen2-VL", video=True),
-    "qwen2_5_vl": Family("Qwen2.5-VL", video=True),
+    "llava_onevision": Family("LLaVA-OneVision", video=True, grid="anyres", tiny=True),
+    "qwen2_vl": Family("Qwen2-VL", video=True, grid="merged", tiny=True),
+    "qwen2_5_vl": Family("Qwen2.5-VL", video=True, grid="merged", tiny=True),
 }
 """Top-level ``config.model_type`` -> family; the visual mask comes from their token ids."""
 
@@ -51,6 +71,16 @@ TEXT_DECODERS: dict[str, str] = {
 TOKEN_ID_ATTRIBUTES = ("image_token_id", "video_token_id")
 
 
+def families_with(**facts: object) -> tuple[str, ...]:
+    """Names of the families whose :class:`Family` fields equal ``facts``, in table order:
+    ``families_with(tiny=True)``, ``families_with(tiny=True, grid="anyres")``."""
+    return tuple(
+        name
+        for name, family in VLM_FAMILIES.items()
+        if all(getattr(family, key) == value for key, value in facts.items())
+    )
+
+
 def supported_summary() -> str:
     vlms = ", ".join(family.label for family in VLM_FAMILIES.values())
     return (
@@ -63,7 +93,7 @@ def supported_summary() -> str:
 def find_decoder(model: nn.Module) -> nn.Module:
     """The text decoder (the module holding ``layers`` and ``rotary_emb``)."""
     decoder = model.get_decoder() if hasattr(model, "get_decoder") else model
-    if not isinstance(getattr(decoder, "layers", None), nn.ModuleList):
+    if not isinstance(getattr(decoder, "layers", None), torch.nn.ModuleList):
         raise TypeError(
             f"pact cannot find the decoder layers of {type(model).__name__}: "
             f"model.get_decoder() has no `layers` ModuleList; {supported_summary()}"

@@ -1,4 +1,4 @@
-"""Mergers: fold clusters into tokens (built-ins registered by :mod:`pact.builtins`)."""
+"""Mergers: fold clusters into tokens (built-ins registered by :mod:`pact.builtin_components`)."""
 
 from pact.mergers.base import Merger, MergerConfig, RowMergeInput
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from dataclasses import dataclass
-from typing import ClassVar, Literal
-
-from torch import Tensor
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pact.component import Component, ComponentConfig
 from pact.tensors import Clustering, RowReduction
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 PositionMode = Literal["keep", "mean", "renumber"]
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from torch import Tensor
+from typing import TYPE_CHECKING
 
 from pact.mergers.base import Merger, MergerConfig, RowMergeInput
 from pact.mergers.folding import Members, fold_row
 from pact.registry import register_merger
 from pact.tensors import RowReduction
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 
 class CenterConfig(MergerConfig):

@@ -8,13 +8,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING
 
 from pact.distance import cross_cosine_distances
+from pact.lazy import lazy_module
 from pact.mergers.base import PositionMode, RowMergeInput
 from pact.tensors import RowReduction
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+torch = lazy_module("torch")
 
 
 @dataclass
@@ -78,7 +82,7 @@ def renumber(positions: Tensor, real: Tensor) -> Tensor:
     return torch.where(real[:, None], first[None, :] + rank[:, None], positions)
 
 
-ClusterHidden = Callable[[RowMergeInput, Members, Tensor], Tensor]
+ClusterHidden = Callable[[RowMergeInput, Members, "Tensor"], "Tensor"]
 """``(row, members, cluster_size) -> [C, D]`` hidden state of each cluster's token."""
 
 

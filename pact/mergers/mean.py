@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING
 
+from pact.lazy import lazy_module
 from pact.mergers.base import Merger, MergerConfig, RowMergeInput
 from pact.mergers.folding import Members, cluster_sums, fold_row
 from pact.registry import register_merger
 from pact.tensors import RowReduction
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+torch = lazy_module("torch")
 
 
 class MeanConfig(MergerConfig):

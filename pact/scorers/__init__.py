@@ -1,4 +1,4 @@
-"""Scorers: which visual tokens matter (built-ins are registered by :mod:`pact.builtins`)."""
+"""Scorers: which visual tokens matter (built-ins: registered by :mod:`pact.builtin_components`)."""
 
 from pact.scorers.base import Scorer, ScorerConfig
 

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
-import torch
 from pydantic import Field
-from torch import Tensor
 
+from pact.lazy import lazy_module
 from pact.registry import register_scorer
 from pact.scorers.base import Scorer, ScorerConfig
 from pact.tensors import LayerInputs
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+torch = lazy_module("torch")
 
 
 class AttentionConfig(ScorerConfig):

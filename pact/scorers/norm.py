@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from torch import Tensor
+from typing import TYPE_CHECKING
 
 from pact.registry import register_scorer
 from pact.scorers.base import Scorer, ScorerConfig
 from pact.tensors import LayerInputs
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 
 class NormConfig(ScorerConfig):

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING
 
+from pact.lazy import lazy_module
 from pact.registry import register_scorer
 from pact.scorers.base import Scorer, ScorerConfig
 from pact.tensors import LayerInputs
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+torch = lazy_module("torch")
 
 
 class RandomConfig(ScorerConfig):

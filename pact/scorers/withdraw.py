@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-import torch
-from torch import Tensor
-
+from pact.lazy import lazy_module
 from pact.registry import register_scorer
 from pact.scorers.base import Scorer, ScorerConfig
 from pact.tensors import LayerInputs
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+torch = lazy_module("torch")
 
 
 class WithdrawConfig(ScorerConfig):
