@@ -38,11 +38,13 @@ from typing import Any
 import torch
 import transformers
 
-from pact.bench import end_to_end as e2e
-from pact.bench.dbdpc_timing import time_dbdpc
-from pact.bench.flash_check import dispatch_report, duplicates_invariant, rows_vs_alone
-from pact.bench.gpu_timing import synchronize
-from pact.bench.tiny import QWEN2_7B_SHAPE
+from pact.bench.gpu import end_to_end as e2e
+from pact.bench.gpu.dbdpc_timing import time_dbdpc
+from pact.bench.gpu.flash_check import dispatch_report, duplicates_invariant, rows_vs_alone
+from pact.bench.gpu.gpu_timing import synchronize
+from pact.bench.tuning import config_of, untuned
+from pact.models.shaped import make_batch
+from pact.models.tiny import QWEN2_7B_SHAPE
 
 SMOKE_SHAPE = dict(layers=8, hidden=64, heads=4, kv_heads=2, intermediate=128, vocab=512)
 STEPS = ("distances", "density", "centers", "labels")
@@ -201,16 +203,17 @@ def model_sections(args, device: str, attn: str, result: dict, save, deadline: f
     tiny = e2e.build_model(settings)
     synchronize(device)
     result["model"] = _model_facts(tiny, settings, time.monotonic() - started)
-    tuned = guarded(e2e.tuned_configs, tiny, e2e.make_batch(tiny, 1, settings.seed), settings)
+    tuned = guarded(e2e.tuned_configs, tiny, make_batch(tiny, 1, settings.seed), settings)
     if "error" in tuned:
-        result["tuning_error"], tuned = tuned["error"], e2e.untuned(settings)
+        guesses = untuned(settings.methods, settings.target_removal)
+        result["tuning_error"], tuned = tuned["error"], guesses
     result["tuned"] = tuned
     save()
     if "pact" in tuned and "flash" in _words(args.sections):
         dispatch = result.setdefault("flash", {}).setdefault("dispatch_on_model", [])
-        config = e2e.config_of("pact", tuned["pact"])
+        config = config_of("pact", tuned["pact"])
         for batch_size in settings.batch_sizes:
-            batch = e2e.make_batch(tiny, batch_size, settings.seed)
+            batch = make_batch(tiny, batch_size, settings.seed)
             dispatch.append(guarded(dispatch_report, tiny, batch, config, attn))
             save()
     if "e2e" in _words(args.sections):
@@ -223,7 +226,7 @@ def model_sections(args, device: str, attn: str, result: dict, save, deadline: f
 
 
 def _model_facts(tiny, settings: e2e.Settings, seconds: float) -> dict[str, Any]:
-    batch = e2e.make_batch(tiny, 1)
+    batch = make_batch(tiny, 1)
     visual = int(tiny.visual_mask(batch).sum())
     return {
         "family": "llava_onevision",

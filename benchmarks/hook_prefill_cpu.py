@@ -18,7 +18,7 @@ import torch
 import transformers
 
 from pact.bench.prefill import measure_prefill
-from pact.bench.tiny import QWEN2_0_5B_SHAPE, build_shaped
+from pact.models.tiny import QWEN2_0_5B_SHAPE, build_shaped
 
 OVERRIDES = ["keep_ratio=0.3", "retrieval=false", "alpha=null"]
 

@@ -161,7 +161,7 @@ class PactConfig(BaseModel):
 
         ``overrides`` are ``path=value`` strings (see :func:`apply_override`).
         """
-        data = _source_to_dict(source)
+        data = source_to_dict(source)
         for override in overrides:
             data = apply_override(data, override)
         return cls.validate_dict(data, origin=_describe(source))
@@ -195,7 +195,9 @@ def _describe(source: Any) -> str:
     return "config"
 
 
-def _source_to_dict(source: Any) -> dict[str, Any]:
+def source_to_dict(source: Any) -> dict[str, Any]:
+    """The mapping a config source holds, before validation: a :class:`PactConfig`, a
+    mapping (copied), a YAML/JSON file path, YAML or JSON text, or a preset name."""
     if isinstance(source, PactConfig):
         return source.to_dict()
     if isinstance(source, Mapping):

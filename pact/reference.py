@@ -177,10 +177,11 @@ def fields_table(model: type[BaseModel], skip: tuple[str, ...] = ()) -> str:
     return "\n".join(lines)
 
 
-def _summary(obj: object) -> str:
-    """First paragraph of a docstring, on one line."""
-    doc = (obj.__doc__ or "").strip().split("\n\n")[0]
-    return " ".join(doc.split()).replace("``", "`")
+def summary(text: str | None, code: str = "`") -> str:
+    """First paragraph of a docstring (or comment), on one line; reST's double backticks
+    become ``code`` (markdown's single backtick, or nothing for plain text)."""
+    paragraph = (text or "").strip().split("\n\n")[0]
+    return " ".join(paragraph.split()).replace("``", code)
 
 
 def component_facts(cls: type[Component]) -> list[str]:
@@ -208,10 +209,10 @@ def component_section(kind: str, name: str, cls: type[Component]) -> str:
     lines = [
         f"### `{name}` {{ #{kind}-{name} }}",
         "",
-        _summary(cls),
+        summary(cls.__doc__),
         "",
         f"Class `{cls.__module__}.{cls.__qualname__}`; settings "
-        f"`{config.__module__}.{config.__qualname__}`: {_summary(config)}",
+        f"`{config.__module__}.{config.__qualname__}`: {summary(config.__doc__)}",
     ]
     facts = component_facts(cls)
     if facts:
@@ -247,10 +248,10 @@ def config_reference(registries: Mapping[str, Registry] | None = None) -> str:
     parts = [
         INTRO,
         "## PactConfig { #pactconfig }",
-        _summary(PactConfig),
+        summary(PactConfig.__doc__),
         fields_table(PactConfig),
         "## StageConfig { #stageconfig }",
-        _summary(StageConfig),
+        summary(StageConfig.__doc__),
         fields_table(StageConfig),
         *(registry_section(kind, registry) for kind, registry in registries.items()),
         presets_section(),

@@ -16,8 +16,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from pact.bench import tiny_inputs as ti
-from pact.bench.tiny import TinyVLM, build
+from pact.models import tiny_inputs as ti
+from pact.models.tiny import TinyVLM, build
 
 LLAVA_STYLE = ("llava", "llava_next", "llava_onevision")
 QWEN_VL = ("qwen2_vl", "qwen2_5_vl")

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import pact
-from pact.bench.dbdpc_timing import synthetic_keys
+from pact.bench.gpu.dbdpc_timing import synthetic_keys
 from pact.cli import main
 from pact.clusterers.base import Clusterer, ClustererConfig
 from pact.distance import cosine_distances

@@ -8,10 +8,11 @@ import pytest
 import torch
 
 import pact
-from pact.bench.fidelity import ROWS, STRENGTHS, kl_divergence
-from pact.bench.tiny import build
+from pact.bench.fidelity import ROWS, kl_divergence
+from pact.bench.tuning import STRENGTHS
 from pact.cli import main
 from pact.config import PactConfig
+from pact.models.tiny import build
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

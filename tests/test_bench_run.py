@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from pact.bench.prefill import kv_bytes, layer_lengths, measure_prefill
-from pact.bench.tiny import build, build_shaped
 from pact.cli import main
 from pact.config import PactConfig
+from pact.models.tiny import build, build_shaped
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

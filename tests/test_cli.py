@@ -14,7 +14,8 @@ from pact.registry import REGISTRIES
 def test_presets_lists_all_eleven_with_their_summary(capsys):
     assert main(["presets"]) == 0
     out = capsys.readouterr().out
-    lines = out.splitlines()
+    header, rule, *lines = out.splitlines()
+    assert header.split() == ["preset", "description"] and set(rule) == {"-"}
     assert [line.split()[0] for line in lines] == pact.list_presets()
     assert len(lines) == 11
     by_name = {line.split()[0]: line for line in lines}
@@ -76,7 +77,9 @@ def test_config_errors_exit_2_naming_the_problem(argv, needle, capsys):
 
 def test_components_lists_every_registered_name(capsys):
     assert main(["components"]) == 0
-    rows = [line.split(maxsplit=2) for line in capsys.readouterr().out.splitlines()]
+    header, rule, *lines = capsys.readouterr().out.splitlines()
+    assert header.split() == ["kind", "name", "description"] and set(rule) == {"-"}
+    rows = [line.split(maxsplit=2) for line in lines]
     listed = [(row[0], row[1]) for row in rows]
     expected = [(kind, name) for kind, registry in REGISTRIES.items() for name in registry.names()]
     assert listed == expected

@@ -13,7 +13,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pact.bench.dbdpc_timing import legacy_centers, synthetic_keys
+from pact.bench.gpu.dbdpc_timing import legacy_centers, synthetic_keys
 from pact.clusterers import dbdpc as dbdpc_module
 from pact.clusterers.common import density_order, gaussian_density
 from pact.clusterers.dbdpc import Dbdpc, dbdpc_centers, denser_neighbours

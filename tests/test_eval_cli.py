@@ -12,7 +12,7 @@ from PIL import Image
 
 import pact
 from pact.cli import build_parser, main
-from pact.eval import command
+from pact.cli import eval as command
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -62,7 +62,7 @@ def _noise_images() -> list[Image.Image]:
 
 def _expected(images) -> tuple[list[str], int, int]:
     """Answers, visual tokens in and out: each question alone, with a fresh handle."""
-    from pact.eval.tiny_processor import load_tiny
+    from pact.models.tiny_processor import load_tiny
 
     processor, model = load_tiny(FAMILY)
     answers, visual_in, visual_out = [], 0, 0

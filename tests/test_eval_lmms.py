@@ -16,7 +16,7 @@ from PIL import Image
 
 import pact
 from pact.eval.runner import Generation, TaskTotals
-from pact.eval.tiny_processor import load_tiny
+from pact.models.tiny_processor import load_tiny
 
 pytest.importorskip("lmms_eval")
 

@@ -16,12 +16,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from pact.bench.dbdpc_timing import legacy_centers, synthetic_keys
-from pact.bench.flash_check import dispatch_report, duplicates_invariant
-from pact.bench.tiny import build
+from pact.bench.gpu.dbdpc_timing import legacy_centers, synthetic_keys
+from pact.bench.gpu.flash_check import dispatch_report, duplicates_invariant
 from pact.clusterers.common import density_order, gaussian_density
 from pact.clusterers.dbdpc import Dbdpc, dbdpc_centers
 from pact.distance import cosine_distances
+from pact.models.tiny import build
 
 SUITE = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_suite.py"
 cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

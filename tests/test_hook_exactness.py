@@ -18,7 +18,7 @@ from hook_helpers import (
 )
 
 import pact
-from pact.bench.flash_check import COPIES, VECTORS, copies_inputs
+from pact.bench.gpu.flash_check import COPIES, VECTORS, copies_inputs
 from pact.hooks.attention import KWARG
 
 pytestmark = pytest.mark.usefixtures("single_thread")

@@ -7,12 +7,12 @@ import json
 import pytest
 import torch
 
+from pact.bench.quality import methods as bench
 from pact.hooks import attached
-from pact.quality import bench
-from pact.quality import model as quality_model
-from pact.quality.card import TARGET_ACCURACY
-from pact.quality.model import batch, card_figures, load
-from pact.quality.score import SUBSET, blind_accuracy, examples, predictions
+from pact.models.shapes import model as quality_model
+from pact.models.shapes.card import TARGET_ACCURACY
+from pact.models.shapes.model import batch, card_figures, load
+from pact.models.shapes.score import SUBSET, blind_accuracy, examples, predictions
 
 RATIOS = (0.3, 0.5, 0.7, 0.9)
 LAYER = 2  # `pact bench quality`'s default

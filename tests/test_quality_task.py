@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from scipy import ndimage  # scikit-image's own dependency
 
-from pact.quality import questions as q
-from pact.quality.scenes import COLOURS, IMAGE_PX, SHAPES, shape_mask
+from pact.models.shapes import questions as q
+from pact.models.shapes.scenes import COLOURS, IMAGE_PX, SHAPES, shape_mask
 
 SAMPLE = [q.make_example("test", index) for index in range(300)]
 

@@ -1,4 +1,4 @@
-"""Tiny random-weight VLMs of ``pact.bench.tiny``: every family runs forward and cached generate,
+"""Tiny random-weight VLMs of ``pact.models.tiny``: every family runs forward and cached generate,
 and the placeholder counts match what the model's own vision encoders produce."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import inspect
 import pytest
 import torch
 
-from pact.bench.tiny import FAMILIES, TEXT_FAMILIES, TinyVLM, build, build_shaped
+from pact.models.tiny import FAMILIES, TEXT_FAMILIES, TinyVLM, build, build_shaped
 
 LLAVA_STYLE = ("llava", "llava_next", "llava_onevision")
 VIDEO_FAMILIES = ("llava_onevision", "qwen2_vl", "qwen2_5_vl")

@@ -8,8 +8,8 @@ import torch
 
 import pact
 from pact import LayerInputs, QKSource
-from pact.bench.tiny import build
 from pact.cli import build_parser, main
+from pact.models.tiny import build
 from pact.viz import (
     GAP,
     HATCH,

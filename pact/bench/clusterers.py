@@ -1,6 +1,6 @@
 """``pact bench clusterers``: every registered clusterer on the same synthetic keys.
 
-Keys are the ``smooth`` image-like keys of :func:`pact.bench.dbdpc_timing.synthetic_keys`
+Keys are the ``smooth`` image-like keys of :func:`pact.bench.gpu.dbdpc_timing.synthetic_keys`
 (a smooth random function of a 2-D patch grid plus noise), bf16 turned into float32
 features as the pipeline does. Per clusterer, device and size: median seconds of a few
 calls (CUDA-synchronised on GPU), clusters made, and the largest cosine distance from a
@@ -21,8 +21,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from pact.bench.dbdpc_timing import synthetic_keys
-from pact.bench.gpu_timing import synchronize
+from pact.bench.gpu.dbdpc_timing import synthetic_keys
+from pact.bench.gpu.gpu_timing import synchronize
 from pact.distance import normalize
 from pact.registry import CLUSTERERS
 from pact.tensors import Clustering
@@ -158,7 +158,7 @@ def run_clusterers(
             rows += bench_clusterer(name, sizes, dim, device, repeats, budget, seed, progress)
     return {
         "benchmark": "clusterers",
-        "keys": f"smooth synthetic image-like keys (pact.bench.dbdpc_timing), dim {dim}",
+        "keys": f"smooth synthetic image-like keys (pact.bench.gpu.dbdpc_timing), dim {dim}",
         "settings_note": SETTINGS_NOTE,
         "sizes": sorted(sizes),
         "dim": dim,
@@ -175,37 +175,6 @@ def run_clusterers(
 class _NoProgress:
     def update(self, count: int = 1) -> None:
         pass
-
-
-def _cell(row: dict[str, Any]) -> str:
-    if row["status"] != "ok":
-        return "skipped" if row["status"] == SKIPPED else "error"
-    return f"{row['seconds']:.4f}s/{row['clusters']}/{row['max_distance']:.3f}"
-
-
-def format_table(report: dict[str, Any]) -> str:
-    """One line per device and clusterer; a cell is ``seconds/clusters/max distance``."""
-    sizes = report["sizes"]
-    by_key: dict[tuple[str, str], dict[int, dict]] = {}
-    for row in report["rows"]:
-        by_key.setdefault((row["device"], row["clusterer"]), {})[row["n"]] = row
-    header = f"{'device':7s}{'clusterer':15s}" + "".join(f"{'n=' + str(n):>24s}" for n in sizes)
-    lines = [
-        f"keys: {report['keys']}; {report['threads']} torch threads",
-        f"settings: {report['settings_note']}",
-        "cell: median seconds / clusters made / largest member-to-center cosine distance",
-        header,
-    ]
-    errors = []
-    for (device, name), cells in by_key.items():
-        line = f"{device:7s}{name:15s}"
-        line += "".join(f"{_cell(cells[n]) if n in cells else '-':>24s}" for n in sizes)
-        lines.append(line)
-        errors += [f"  {device} {name} n={n}: {row['status']}" for n, row in cells.items()
-                   if row["status"].startswith("error")]  # fmt: skip
-    if any(row["status"] == SKIPPED for row in report["rows"]):
-        lines.append(f"skipped: a call at a smaller n took over {report['budget_seconds']} s")
-    return "\n".join(lines + (["errors:", *errors] if errors else []))
 
 
 def plot(report: dict[str, Any], path) -> None:

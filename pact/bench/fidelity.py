@@ -25,25 +25,12 @@ from typing import Any
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from pact.bench.tiny import FAMILIES, TinyVLM, build
+from pact.bench.tuning import STRENGTHS
 from pact.config import PactConfig
 from pact.hooks import attached
+from pact.models.tiny import TinyVLM, build
 from pact.presets import list_presets
 
-STRENGTHS: dict[str, tuple[str, tuple[float, ...]]] = {
-    "pact": ("keep_ratio", (0.8, 0.55, 0.3)),
-    "euti": ("keep_ratio", (0.75, 0.5, 0.25)),
-    "fastv": ("keep_ratio", (0.75, 0.5, 0.25)),
-    "dbdpc": ("clusterer.cutoff", (0.1, 0.2, 0.3)),
-    "kmeans": ("clusterer.keep_ratio", (0.75, 0.5, 0.25)),
-    "dpc": ("clusterer.keep_ratio", (0.75, 0.5, 0.25)),
-    "agglomerative": ("clusterer.keep_ratio", (0.75, 0.5, 0.25)),
-    "dbscan": ("clusterer.eps", (0.1, 0.15, 0.2)),
-    "tome": ("clusterer.merge_ratio", (0.05, 0.1, 0.2)),
-    "vtw": ("layer", (6, 4, 2)),
-}
-"""Per preset, the override path of its strength knob and three values, weakest first.
-Values suit the 8-layer tiny models (``vtw`` withdraws at layer 6, 4 or 2 of 8)."""
 ROWS = (
     ("text:6", "image", "text:8"),
     ("text:3", "image", "text:5", "image", "text:4"),
@@ -219,17 +206,13 @@ def run_fidelity(
 ) -> dict[str, Any]:
     """Every preset (default: all but ``none``) at its strengths, on a tiny model.
 
+    ``presets`` are preset names or config files, not parsed configs: each point's config
+    is the preset with its :data:`~pact.bench.tuning.STRENGTHS` knob set to one value.
     ``reference_row`` adds ``none`` itself, whose figures must be exact (KL 0, agreement
     1): a check that attaching is free and the comparison is sound. ``progress``: anything
     with ``update(k)``, advanced once per point. Returns a JSON-ready dict.
     """
-    if family not in FAMILIES:
-        raise ValueError(f"--model must be one of {', '.join(FAMILIES)}; got {family!r}")
-    if new_tokens < 1:
-        raise ValueError(f"--new-tokens must be at least 1; got {new_tokens}")
     presets = list(default_presets() if presets is None else presets)
-    for preset in presets:
-        PactConfig.load(preset)  # unknown names fail before the model is built
     points = plan((["none"] if reference_row else []) + presets, strengths or STRENGTHS)
     tiny = build(family, text=text, seed=seed)
     batch = tiny.inputs([list(row) for row in ROWS], padding_side="left", seed=seed)
@@ -247,40 +230,6 @@ def run_fidelity(
         "reference_tokens": ref.tokens.tolist(),
         "points": [asdict(point) for point in points],
     }
-
-
-def _number(value: float | None, digits: int = 3) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
-
-
-def _kl(value: float | None) -> str:
-    # Scientific: on random weights KL is often 1e-5 or below, which fixed digits hide.
-    return "-" if value is None else ("0" if value == 0 else f"{value:.1e}")
-
-
-def format_table(report: dict[str, Any]) -> str:
-    """One line per point: knob value, ratios, KL, top-1 agreement, exact match."""
-    lines = [
-        f"model: {report['model']}, batch of {len(report['rows'])}, "
-        f"{report['new_tokens']} greedy tokens",
-        f"NOTE: {report['note']}",
-        f"{'preset':14s}{'knob':28s}{'ratio':>7s}{'layer-avg':>10s}{'KL last':>10s}"
-        f"{'KL steps':>10s}{'top1 last':>10s}{'top1 steps':>11s}{'exact':>7s}",
-    ]
-    for p in report["points"]:
-        knob = "(as preset)" if p["knob"] is None else f"{p['knob']}={p['value']}"
-        if p["status"] != "ok":
-            lines.append(f"{p['preset']:14s}{knob:28s}  {p['status']}")
-            continue
-        lines.append(
-            f"{p['preset']:14s}{knob:28s}{_number(p['reduction_ratio'], 2):>7s}"
-            f"{_number(p['layer_averaged_ratio'], 2):>10s}{_kl(p['kl_last']):>10s}"
-            f"{_kl(p['kl_steps']):>10s}{_number(p['top1_last'], 2):>10s}"
-            f"{_number(p['top1_steps'], 2):>11s}{_number(p['exact_match'], 2):>7s}"
-        )
-    lines.append("ratio: visual tokens removed at the prefill (handle.stats); layer-avg: "
-                 "visual token-layers removed, averaged over the decoder")  # fmt: skip
-    return "\n".join(lines)
 
 
 def plot(report: dict[str, Any], path, x_axis: str = "ratio") -> None:

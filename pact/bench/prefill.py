@@ -46,7 +46,8 @@ class PrefillReport:
         return asdict(self) | {"fraction_of_ideal": self.fraction_of_ideal}
 
 
-def _prefill(model, batch: dict) -> DynamicCache:
+def run_prefill(model, batch: dict) -> DynamicCache:
+    """One prefill of ``batch`` (no gradients, logits of the last position only); its cache."""
     cache = DynamicCache(config=model.config.get_text_config())
     with torch.no_grad():
         model(**batch, cache=cache, use_cache=True, logits_to_keep=1)
@@ -55,7 +56,7 @@ def _prefill(model, batch: dict) -> DynamicCache:
 
 def _timed_prefill(model, batch: dict) -> float:
     start = time.perf_counter()
-    _prefill(model, batch)
+    run_prefill(model, batch)
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     return time.perf_counter() - start
@@ -112,19 +113,18 @@ def cache_lengths(cache: DynamicCache) -> list[int]:
     return [layer.get_seq_length() for layer in cache.layers]
 
 
-def measure_prefill(model, batch: dict, config: Any, repeats: int = 5) -> PrefillReport:
+def measure_prefill(model, batch: dict, config: PactConfig, repeats: int = 5) -> PrefillReport:
     """``config`` against ``none``: median prefill seconds, ideal vs achieved, KV bytes."""
-    pact_config = PactConfig.load(config)
     decoder = model.get_decoder()
     n_layers = len(decoder.layers)
-    none_seconds, reduced_seconds = interleaved_prefill_seconds(model, batch, pact_config, repeats)
-    none_cache = _prefill(model, batch)
-    with attached(model, pact_config) as handle:
-        reduced_cache = _prefill(model, batch)
+    none_seconds, reduced_seconds = interleaved_prefill_seconds(model, batch, config, repeats)
+    none_cache = run_prefill(model, batch)
+    with attached(model, config) as handle:
+        reduced_cache = run_prefill(model, batch)
         stages = handle.stats.last
         reduction_seconds = handle.stats.seconds.total
     tokens = batch["input_ids"].shape[1]
-    expected = layer_lengths(n_layers, tokens, pact_config, stages)
+    expected = layer_lengths(n_layers, tokens, config, stages)
     if cache_lengths(reduced_cache) != expected:
         raise AssertionError(
             f"KV cache lengths {cache_lengths(reduced_cache)} differ from the token counts "

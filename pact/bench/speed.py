@@ -4,9 +4,9 @@ each configuration, side by side with ``none`` measured in the same run.
 Prefill figures come from :func:`pact.bench.prefill.measure_prefill` (runs of ``none`` and
 the configuration alternating, median after a warm-up, CUDA-synchronised; it raises if the
 KV cache lengths differ from what the kept counts imply). Decoding speed is
-:func:`pact.bench.end_to_end.decode_rate`; tuning to a target ratio reuses the end-to-end
-suite's tuner. Each configuration's prefill latency ratio is against the ``none`` runs it
-was interleaved with; its other ratios are against the ``none`` row.
+:func:`decode_rate`; tuning to a target ratio is :mod:`pact.bench.tuning`'s. Each
+configuration's prefill latency ratio is against the ``none`` runs it was interleaved
+with; its other ratios are against the ``none`` row.
 """
 
 from __future__ import annotations
@@ -15,29 +15,20 @@ import os
 import resource
 import statistics
 import threading
+import time
 from dataclasses import asdict, dataclass, field
-from types import SimpleNamespace
 from typing import Any
 
 import torch
+from transformers import LogitsProcessor, LogitsProcessorList
 
-from pact.bench.end_to_end import _tune_method, decode_rate, removal, tune
-from pact.bench.fidelity import STRENGTHS
-from pact.bench.gpu_timing import is_cuda, peak_bytes
-from pact.bench.prefill import _prefill, interleaved_prefill_seconds, kv_bytes, measure_prefill
-from pact.bench.speed_models import Subject
+from pact.bench import tuning
+from pact.bench.gpu.gpu_timing import is_cuda, peak_bytes, synchronize
+from pact.bench.prefill import interleaved_prefill_seconds, kv_bytes, measure_prefill, run_prefill
 from pact.config import PactConfig
 from pact.hooks import attached
+from pact.models.shaped import Subject
 
-TUNED_BY_END_TO_END = {"pact": "keep_ratio", "fastv": "keep_ratio", "tome": "clusterer.merge_ratio"}
-"""Presets whose tuning (with its special cases) :mod:`pact.bench.end_to_end` owns."""
-TUNING = {
-    "keep_ratio": (lambda t: 1.0 - t, (0.01, 1.0), False),
-    "clusterer.keep_ratio": (lambda t: 1.0 - t, (0.01, 1.0), False),
-    "clusterer.cutoff": (lambda t: 0.2, (0.0, 1.0), True),
-    "clusterer.eps": (lambda t: 0.15, (0.0, 1.0), True),
-}
-"""Other knobs: (first guess from the target, bounds, removal increasing in the knob)."""
 PEAK_CPU = (
     "peak resident-set growth during one prefill above the RSS before it (after "
     "malloc_trim), sampled every 1 ms from /proc/self/statm; approximate"
@@ -48,7 +39,8 @@ RATIO_KEYS = ("prefill_seconds", "decode_tokens_per_s", "peak_bytes", "kv_bytes"
 
 @dataclass
 class Point:
-    """One configuration at one strength."""
+    """One configuration at one strength: a preset name (or config file) and the overrides
+    that set its strength knob; the benchmark builds the config from them."""
 
     config: str
     knob: str | None = None
@@ -58,10 +50,6 @@ class Point:
 
     def load(self) -> PactConfig:
         return PactConfig.load(self.config, self.overrides)
-
-
-def tunable(name: str) -> bool:
-    return name in TUNED_BY_END_TO_END or STRENGTHS.get(name, (None,))[0] in TUNING
 
 
 def plan(configs: list[str], strengths: dict[str, tuple[str, tuple]]) -> list[Point]:
@@ -78,23 +66,38 @@ def plan(configs: list[str], strengths: dict[str, tuple[str, tuple]]) -> list[Po
 
 def tuned_point(subject: Subject, name: str, target: float, steps: int) -> Point:
     """``name`` with its knob set to remove about ``target`` of the visual tokens."""
-    model = SimpleNamespace(model=subject.model)  # what the end-to-end helpers read
-    if name in TUNED_BY_END_TO_END:
-        tuned = _tune_method(model, subject.batch, name, target, steps)
-        knob = TUNED_BY_END_TO_END[name]
+    if name in tuning.METHOD_KNOBS:
+        tuned = tuning.tune_method(subject.model, subject.batch, name, target, steps)
+        knob = tuning.METHOD_KNOBS[name]
         value = tuned[knob.rpartition(".")[2]]
         overrides = [f"{knob}={value}"]
         if tuned.get("cutoff") not in (None, 0.21):  # pact lowered DBDPC's cutoff too
             overrides.append(f"clusterer.cutoff={tuned['cutoff']}")
         return Point(name, knob, value, overrides, tuned)
-    knob = STRENGTHS[name][0]
-    guess, bounds, increasing = TUNING[knob]
-
-    def measure(value: float) -> float:
-        return removal(model, subject.batch, PactConfig.load(name, [f"{knob}={value}"]))
-
-    value, got, tries = tune(measure, guess(target), bounds, target, steps, increasing)
+    knob, value, got, tries = tuning.tune_knob(subject.model, subject.batch, name, target, steps)
     return Point(name, knob, value, [f"{knob}={value}"], {"removal": got, "tries": tries})
+
+
+# ------------------------------------------------------------------ decoding
+class _StepClock(LogitsProcessor):
+    """Host time (after a device synchronisation) at each generated token's logits."""
+
+    def __init__(self, device):
+        self.device, self.times = device, []
+
+    def __call__(self, input_ids, scores):
+        synchronize(self.device)
+        self.times.append(time.perf_counter())
+        return scores
+
+
+def decode_rate(model, batch: dict, config: PactConfig | None, tokens: int) -> float:
+    """Generated tokens per second over ``tokens`` decoding steps (all rows together)."""
+    clock = _StepClock(batch["input_ids"].device)
+    options = dict(max_new_tokens=tokens + 1, min_new_tokens=tokens + 1, do_sample=False)
+    with attached(model, config or PactConfig()), torch.no_grad():
+        model.generate(**batch, logits_processor=LogitsProcessorList([clock]), **options)
+    return batch["input_ids"].shape[0] * tokens / (clock.times[-1] - clock.times[0])
 
 
 # ------------------------------------------------------------------ memory
@@ -150,7 +153,7 @@ def _stats_and_peak(subject: Subject, config: PactConfig) -> dict[str, Any]:
     device = batch["input_ids"].device
     with attached(model, config) as handle:
         handle.stats.reset()
-        run = lambda: _prefill(model, batch)  # noqa: E731
+        run = lambda: run_prefill(model, batch)  # noqa: E731
         peak = peak_bytes(run, device) if is_cuda(device) else cpu_peak_bytes(run)
         last = handle.stats.summary()["last_call"]
     kept = sum(last["visual_out"]) if handle.stats.last else subject.visual_tokens()
@@ -175,9 +178,7 @@ def measure_point(subject: Subject, point: Point, repeats: int, decode_tokens: i
         "kv_bytes": report.kv_bytes_reduced,
         "kv_bytes_expected": report.kv_bytes_expected,
         "kv_bytes_none": report.kv_bytes_none,
-        "decode_tokens_per_s": decode_rate(
-            SimpleNamespace(model=subject.model), subject.batch, config, decode_tokens
-        ),
+        "decode_tokens_per_s": decode_rate(subject.model, subject.batch, config, decode_tokens),
     }
     return row
 
@@ -193,12 +194,10 @@ def measure_none(subject: Subject, rows: list[dict], repeats: int, decode_tokens
         row["kv_bytes"] = paired[0]["kv_bytes_none"]
     else:
         row["prefill_seconds"] = interleaved_prefill_seconds(model, batch, plain, repeats)[0]
-        row["kv_bytes"] = kv_bytes(_prefill(model, batch))
+        row["kv_bytes"] = kv_bytes(run_prefill(model, batch))
     row |= {"none_prefill_seconds": row["prefill_seconds"], "reduction_ratio": 0.0,
             "ideal_speedup": 1.0, "kv_bytes_expected": row["kv_bytes"]}  # fmt: skip
-    row["decode_tokens_per_s"] = decode_rate(
-        SimpleNamespace(model=model), batch, plain, decode_tokens
-    )
+    row["decode_tokens_per_s"] = decode_rate(model, batch, plain, decode_tokens)
     return row
 
 
@@ -249,47 +248,6 @@ def run_speed(subject: Subject, points: list[Point], repeats: int, decode_tokens
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
         "rows": rows,
     }
-
-
-# ------------------------------------------------------------------ output
-def _label(row: dict) -> str:
-    return "(as given)" if not row["overrides"] else ",".join(row["overrides"])
-
-
-def _mib(value) -> str:
-    return "-" if value is None else f"{value / 2**20:.1f}"
-
-
-def _x(value) -> str:
-    return "-" if value is None else f"{value:.2f}x"
-
-
-def format_table(report: dict[str, Any]) -> str:
-    """One line per row: figures and their ratio to ``none``."""
-    lines = [
-        f"model: {report['model']}, {report['tokens']} tokens, {report['device']}, "
-        f"{report['threads']} threads, prefill median of {report['repeats']}, "
-        f"{report['decode_tokens']} decode steps",
-        f"peak memory: {report['peak_memory']}",
-        f"{'config':9s}{'setting':34s}{'kept':>6s}{'removed':>8s}{'prefill s':>10s}{'x':>7s}"
-        f"{'decode t/s':>11s}{'x':>7s}{'peak MiB':>9s}{'x':>7s}{'KV MiB':>8s}{'x':>7s}"
-        f"{'score/cluster/merge s':>24s}",
-    ]
-    for r in report["rows"]:
-        if r["status"] != "ok":
-            lines.append(f"{r['config']:9s}{_label(r):34s}  {r['status']}")
-            continue
-        q, s = r["ratios"], r["seconds"]
-        lines.append(
-            f"{r['config']:9s}{_label(r)[:33]:34s}{r['visual_kept']:>6d}"
-            f"{r['reduction_ratio']:>8.2f}{r['prefill_seconds']:>10.3f}"
-            f"{_x(q['prefill_seconds']):>7s}{r['decode_tokens_per_s']:>11.1f}"
-            f"{_x(q['decode_tokens_per_s']):>7s}{_mib(r['peak_bytes']):>9s}"
-            f"{_x(q['peak_bytes']):>7s}{_mib(r['kv_bytes']):>8s}{_x(q['kv_bytes']):>7s}"
-            f"{s['score']:>8.3f}/{s['cluster']:.3f}/{s['merge']:.3f}"
-        )
-    lines.append("x: ratio to none (prefill: to the none runs interleaved with that row)")
-    return "\n".join(lines)
 
 
 def plot(report: dict[str, Any], path) -> None:

@@ -1,8 +1,9 @@
-"""Evaluation with lmms-eval: the ``pact`` model wrapper and ``pact eval``.
+"""Evaluation with lmms-eval: the lmms-eval model ``pact`` (``pact eval`` is its command).
 
 lmms-eval is optional (``pip install "pact[eval]"``) and slow to import, so nothing here
 imports it at module level: :mod:`pact.eval.lmms` (the wrapper class) does, and is only
-imported when an evaluation runs.
+imported when an evaluation runs; :mod:`pact.eval.runner` is what the wrapper does with a
+model, free of lmms-eval.
 """
 
 from __future__ import annotations

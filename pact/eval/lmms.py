@@ -48,7 +48,9 @@ class PactLMM(lmms):
     Args:
         pretrained: checkpoint (local path or hub id) or ``tiny:<family>`` (a built-in
             random-weight model with a byte-level processor, for tests).
-        config: preset name, YAML/JSON path, mapping or :class:`PactConfig`.
+        config: preset name or YAML/JSON path (lmms-eval's ``--model_args`` are text: this
+            is a command boundary, parsed here once) or a :class:`PactConfig` (``pact
+            eval`` passes the one it parsed).
         overrides: ``path=value`` overrides (a list, or one string joined with ';').
         device: ``cpu``, ``cuda`` or ``cuda:N`` (default: cuda when available).
         dtype: ``auto`` (bfloat16 on cuda, float32 on cpu), float32, bfloat16, float16.
@@ -63,7 +65,7 @@ class PactLMM(lmms):
     def __init__(
         self,
         pretrained: str = "tiny:llava",
-        config: Any = "pact",
+        config: str | PactConfig = "pact",
         overrides: str | Sequence[str] | None = None,
         device: str | None = None,
         dtype: str = "auto",

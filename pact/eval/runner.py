@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
-from pact.bench import checkpoint
 from pact.hooks import families
+from pact.models import checkpoint
 
 DEFAULT_MAX_NEW_TOKENS = 256  # when neither the task nor the wrapper says
 
@@ -137,13 +137,12 @@ def load_model(
 
     Names follow ``pact run``: ``tiny:NAME`` or a bare name that is no directory and has no
     '/' is a built-in tiny model, given a byte-level processor
-    (:mod:`pact.eval.tiny_processor`).
+    (:mod:`pact.models.tiny_processor`).
     """
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if checkpoint.is_checkpoint(spec):
-        settings = checkpoint.Settings(spec, None, "", device=device, dtype=dtype, attn=attn)
-        return checkpoint.load(settings)
-    from pact.eval.tiny_processor import load_tiny
+        return checkpoint.load(spec, device, dtype, attn)
+    from pact.models.tiny_processor import load_tiny
 
     family = spec.removeprefix(checkpoint.BUILTIN_PREFIX)
     torch_dtype = checkpoint.DTYPES.get(dtype, torch.float32)
@@ -184,10 +183,10 @@ class EvalModel:
         from transformers import StoppingCriteriaList
 
         inputs = self.inputs(texts, images)
-        clock = checkpoint._FirstTokenClock(self.model.device)  # prefill ends at token one
+        clock = checkpoint.FirstTokenClock(self.model.device)  # prefill ends at token one
         removed_before = handle.stats.visual_in - handle.stats.visual_out
         pad = self.tokenizer.pad_token_id
-        checkpoint._sync(self.model.device)
+        checkpoint.synchronize(self.model.device)
         start = time.perf_counter()
         with torch.no_grad():
             output = self.model.generate(
@@ -196,7 +195,7 @@ class EvalModel:
                 stopping_criteria=StoppingCriteriaList([clock]),
                 pad_token_id=self.tokenizer.eos_token_id if pad is None else pad,
             )
-        checkpoint._sync(self.model.device)
+        checkpoint.synchronize(self.model.device)
         end = time.perf_counter()
         first = clock.first or end
         new = output[:, inputs["input_ids"].shape[1] :]
@@ -214,11 +213,11 @@ class EvalModel:
         context_length = self.inputs([prompt], images)["input_ids"].shape[1]
         inputs = self.inputs([prompt + continuation], images)
         removed_before = handle.stats.visual_in - handle.stats.visual_out
-        checkpoint._sync(self.model.device)
+        checkpoint.synchronize(self.model.device)
         start = time.perf_counter()
         with torch.no_grad():
             logits = self.model(**inputs).logits
-        checkpoint._sync(self.model.device)
+        checkpoint.synchronize(self.model.device)
         totals = self._totals(handle, inputs, removed_before, 1)
         totals.prefill_s = time.perf_counter() - start
         # Position t predicts token t+1: the continuation's tokens follow the context's.

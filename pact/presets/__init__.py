@@ -27,3 +27,13 @@ def preset_text(name: str) -> str:
 def preset_dict(name: str) -> dict[str, Any]:
     """A preset as the plain mapping that :class:`pact.PactConfig` validates."""
     return yaml.safe_load(preset_text(name)) or {}
+
+
+def preset_description(name: str) -> str:
+    """The comment at the top of a preset's YAML, without its ``#`` marks."""
+    lines = []
+    for line in preset_text(name).splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line[1:].strip())
+    return "\n".join(lines)

@@ -1,0 +1,164 @@
+"""``pact bench quality``: accuracy kept vs reduction ratio, per method, on the shipped model.
+
+Each method is a preset (or a preset with a component swapped: ``random`` is EUTI's slot
+with the random scorer) whose single strength knob is set, per target ratio, so that it
+removes about that fraction of the visual tokens:
+
+* knobs that fix the count (``keep_ratio`` of a scorer, of k-means, DPC, agglomerative)
+  are set to ``1 - target`` directly;
+* knobs whose effect depends on the image (PACT's EUTI keep ratio with DBDPC on top,
+  DBDPC's cutoff, DBSCAN's eps, ToMe's per-layer merge ratio) are tuned on a calibration
+  set of test images (:func:`pact.bench.tuning.tune`);
+* VTW removes every visual token at one layer: its knob is that layer, chosen so that the
+  *layer-averaged* ratio is nearest the target, and its points are plotted on that axis.
+
+Single-stage methods reduce at ``layer`` (default 2 of the model's 8: the presets' layer 4
+of 28 scaled to this depth, rounded up); ToMe keeps its one stage per layer from layer 0.
+The reported ratio is the measured one over the whole evaluation set, never the target.
+
+:data:`METHODS` is read when the command line builds ``pact bench quality``'s options (for
+``pact --help`` too), so what runs a model is imported by the functions that run one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from pact.config import PactConfig
+
+if TYPE_CHECKING:
+    from pact.models.shapes.questions import Example
+
+
+@dataclass(frozen=True)
+class Method:
+    """A preset, extra overrides, and how its strength knob is set."""
+
+    preset: str
+    knob: str
+    setting: str  # "exact" (1 - target), "tuned" or "layer" (VTW)
+    overrides: tuple[str, ...] = ()
+    bounds: tuple[float, float] = (0.0, 1.0)
+    increasing: bool = True  # removal grows with the knob
+    single_stage: bool = True
+
+
+METHODS: dict[str, Method] = {
+    "pact": Method("pact", "keep_ratio", "tuned", bounds=(0.02, 1.0), increasing=False),
+    "dbdpc": Method("dbdpc", "clusterer.cutoff", "tuned"),
+    "euti": Method("euti", "keep_ratio", "exact"),
+    "fastv": Method("fastv", "keep_ratio", "exact"),
+    "tome": Method("tome", "clusterer.merge_ratio", "tuned", bounds=(0.0, 0.5),
+                   single_stage=False),
+    "kmeans": Method("kmeans", "clusterer.keep_ratio", "exact"),
+    "dbscan": Method("dbscan", "clusterer.eps", "tuned"),
+    "dpc": Method("dpc", "clusterer.keep_ratio", "exact"),
+    "agglomerative": Method("agglomerative", "clusterer.keep_ratio", "exact"),
+    "vtw": Method("vtw", "layer", "layer"),
+    "random": Method("euti", "keep_ratio", "exact", overrides=("scorer.name=random",)),
+}
+"""The methods of the paper's comparisons that pact implements, by label."""
+DEFAULT_RATIOS = (0.3, 0.5, 0.7, 0.9)
+
+
+@dataclass
+class Setting:
+    """One method at one target ratio: the config it runs and how the knob was chosen."""
+
+    method: str
+    target: float
+    value: float | int
+    overrides: list[str]
+    tries: list = field(default_factory=list)
+
+    def config(self) -> PactConfig:
+        return PactConfig.load(METHODS[self.method].preset, self.overrides)
+
+
+def overrides_for(name: str, value, layer: int) -> list[str]:
+    """Overrides of method ``name`` with its knob at ``value``, reducing at ``layer``."""
+    method = METHODS[name]
+    placed = [f"layer={layer}"] if method.single_stage and method.setting != "layer" else []
+    return [*method.overrides, *placed, f"{method.knob}={value}"]
+
+
+def choose(model, calibration: dict, name: str, target: float, layer: int, steps: int) -> Setting:
+    """The knob value of ``name`` that removes about ``target`` of the visual tokens."""
+    from pact.models.shapes.model import DECODER
+
+    method = METHODS[name]
+    if method.setting == "exact":
+        value = round(1.0 - target, 6)
+        return Setting(name, target, value, overrides_for(name, value, layer))
+    if method.setting == "layer":
+        layers = DECODER["layers"]
+        value = min(layers - 1, max(1, round(layers * (1.0 - target))))
+        return Setting(name, target, value, overrides_for(name, value, layer))
+    setting = _tuned(model, calibration, name, target, layer, steps)
+    best = min(setting.tries, key=lambda pair: abs(pair[1] - target))[1]
+    if name == "pact" and best > target + 0.02:
+        # DBDPC alone merges past the target: EUTI takes half the budget, the cutoff the rest.
+        keep = round(1.0 - target / 2, 6)
+        cut = _tuned(model, calibration, "dbdpc", target, layer, steps,
+                     [f"keep_ratio={keep}"], preset="pact", bounds=(0.0, 0.21))  # fmt: skip
+        cut.method, cut.tries = "pact", setting.tries + cut.tries
+        return cut
+    return setting
+
+
+def _tuned(model, calibration: dict, name: str, target: float, layer: int, steps: int,
+           extra: list[str] = (), preset: str | None = None, bounds=None) -> Setting:  # fmt: skip
+    """Tune ``name``'s knob on the calibration batch (``extra`` overrides come first)."""
+    import torch
+
+    from pact.bench.tuning import tune
+    from pact.hooks import attached
+
+    method = METHODS[name]
+    preset = preset or method.preset
+    bounds = bounds or method.bounds
+
+    def overrides(value: float) -> list[str]:
+        return [*extra, *overrides_for(name, value, layer)]
+
+    def removal(value: float) -> float:
+        with attached(model, PactConfig.load(preset, overrides(value))) as handle:
+            with torch.no_grad():
+                model(**calibration, logits_to_keep=1, use_cache=False)
+            return handle.stats.reduction_ratio
+
+    guess = (1.0 - target) if not method.increasing else (bounds[0] + bounds[1]) / 2
+    value, _, tries = tune(removal, guess, bounds, target, steps, method.increasing)
+    return Setting(name, target, value, overrides(value), tries)
+
+
+def evaluate(model, items: tuple[Example, ...], config: PactConfig | None,
+             batch_size: int) -> dict:  # fmt: skip
+    """Accuracy with ``config`` attached (``None``: the untouched model) and the ratios."""
+    from pact.bench.fidelity import layer_averaged_ratio
+    from pact.hooks import attached
+    from pact.models.shapes.model import DECODER
+    from pact.models.shapes.score import predictions
+
+    if config is None:
+        right = predictions(model, items, batch_size)
+        return {"accuracy": sum(right) / len(right), "reduction_ratio": 0.0,
+                "layer_averaged_ratio": 0.0, "right": right}
+    averaged = []  # (visual tokens in, layer-averaged ratio) of each batch
+
+    def after_batch(handle) -> None:
+        stages = handle.stats.last
+        weight = sum(stages[0].visual_in) if stages else 0
+        averaged.append((weight, layer_averaged_ratio(DECODER["layers"], config, stages)))
+
+    with attached(model, config) as handle:
+        right = predictions(model, items, batch_size, after_batch=lambda: after_batch(handle))
+        ratio = handle.stats.reduction_ratio
+    total = sum(weight for weight, _ in averaged)
+    return {
+        "accuracy": sum(right) / len(right),
+        "reduction_ratio": ratio,
+        "layer_averaged_ratio": sum(w * r for w, r in averaged) / total if total else 0.0,
+        "right": right,
+    }

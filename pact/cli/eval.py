@@ -1,0 +1,281 @@
+"""``pact eval``: lmms-eval tasks on a model with a pact config attached.
+
+Every argument is checked (lmms-eval present, config, numbers, paths, device, task names)
+before the model is loaded; then lmms-eval's ``simple_evaluate`` runs the tasks through
+:class:`pact.eval.lmms.PactLMM` and a table gives each task's metrics next to the visual
+tokens kept, the reduction ratio and the mean prefill / generation seconds per request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import sys
+from pathlib import Path
+from typing import Any
+
+from pact.cli.options import (
+    add_config_options,
+    check_at_least_one,
+    config_from_args,
+    print_table,
+    split,
+    write_json,
+)
+from pact.config import PactConfig
+from pact.eval import INSTALL_HINT, lmms_eval_available
+from pact.hooks.families import families_with
+
+DESCRIPTION = (
+    "Run lmms-eval tasks on a VLM with a pact config attached and print each task's "
+    "metrics next to the visual tokens kept, the reduction ratio and the mean prefill and "
+    "generation seconds per request (a request's seconds are those of its batch). Needs "
+    'lmms-eval: pip install "pact[eval]".'
+)
+
+
+def add_eval(commands) -> None:
+    """Add ``pact eval`` to the top-level ``commands``."""
+    parser = commands.add_parser(
+        "eval",
+        help="lmms-eval tasks with a pact config: metrics, reduction ratio, latency",
+        description=DESCRIPTION,
+    )
+    _add_what_options(parser)
+    _add_how_options(parser)
+    parser.set_defaults(run=run_eval)
+
+
+def _add_what_options(parser: argparse.ArgumentParser) -> None:
+    """What is evaluated: model, tasks, config, documents."""
+    parser.add_argument(
+        "--model",
+        required=True,
+        metavar="SPEC",
+        help="checkpoint (local directory or hub id owner/name) or built-in "
+        f"tiny random-weight model tiny:<family> ({', '.join(families_with(tiny=True))})",
+    )
+    parser.add_argument(
+        "--tasks",
+        required=True,
+        metavar="A,B",
+        help="comma list of lmms-eval task or group names (wildcards as in lmms-eval, e.g. 'mme*')",
+    )
+    add_config_options(parser, help_extra="; 'none' evaluates the unreduced model")
+    parser.add_argument(
+        "--limit",
+        type=float,
+        metavar="N",
+        help="documents per task: a count, or a fraction below 1 (default: all)",
+    )
+    parser.add_argument(
+        "--include-path",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="folder of extra lmms-eval task YAML files; repeatable (default: none)",
+    )
+
+
+def _add_how_options(parser: argparse.ArgumentParser) -> None:
+    """How it runs: batching, answer length, device, dtype, attention, seed, output."""
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=1,
+        metavar="N",
+        help="requests generated together, left padded (default: 1)",
+    )
+    parser.add_argument(
+        "--max-new-tokens",
+        type=int,
+        metavar="N",
+        help="upper bound on each answer's tokens (default: the task's)",
+    )
+    parser.add_argument(
+        "--output", metavar="PATH", help="write metrics, pact figures and the full config as JSON"
+    )
+    parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    parser.add_argument(
+        "--dtype",
+        choices=("auto", "float32", "bfloat16", "float16"),
+        default="auto",
+        help="auto: bfloat16 on cuda, float32 on cpu",
+    )
+    parser.add_argument(
+        "--attn",
+        choices=("sdpa", "eager", "flash_attention_2"),
+        default="sdpa",
+        help="attention implementation to load the model with (default: sdpa)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of lmms-eval's sampling and of tiny weights (default: 0)",
+    )
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    """The ``pact eval`` command: check, evaluate, print the table, write the JSON."""
+    config = check_args(args)
+    manager, tasks = task_manager(args.tasks, args.include_path)
+    _quiet_lmms_eval_logs()
+    from lmms_eval.evaluator import simple_evaluate
+
+    from pact.eval.lmms import PactLMM
+
+    model = PactLMM(
+        args.model,
+        config,
+        device=args.device,
+        dtype=args.dtype,
+        attn=args.attn,
+        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+        seed=args.seed,
+    )
+    results = simple_evaluate(
+        model=model,
+        tasks=tasks,
+        limit=args.limit,
+        task_manager=manager,
+        bootstrap_iters=0,
+        log_samples=False,
+        random_seed=args.seed,
+        numpy_random_seed=args.seed,
+        torch_random_seed=args.seed,
+        fewshot_random_seed=args.seed,
+    )
+    report = build_report(args, config, results, model.summary())
+    print_results(report)
+    if args.output:
+        write_json(args.output, report)
+    return 0
+
+
+def check_args(args: argparse.Namespace) -> PactConfig:
+    """Every check that needs no model; returns the validated config."""
+    if not lmms_eval_available():
+        raise ValueError(INSTALL_HINT)
+    config = config_from_args(args)
+    args.tasks = split(args.tasks, "--tasks", what="task name")
+    check_at_least_one(args, ("batch_size", "max_new_tokens"))
+    if args.limit is not None:
+        if args.limit <= 0 or (args.limit >= 1 and not args.limit.is_integer()):
+            raise ValueError(f"--limit takes a count or a fraction below 1; got {args.limit:g}")
+        args.limit = int(args.limit) if args.limit >= 1 else args.limit
+    if args.output and not Path(args.output).resolve().parent.is_dir():
+        raise ValueError(f"--output: folder of {args.output!r} does not exist")
+    for folder in args.include_path:
+        if not Path(folder).is_dir():
+            raise ValueError(f"--include-path: {folder!r} is not a folder")
+    _check_device(args.device)
+    return config
+
+
+def _check_device(device: str | None) -> None:
+    import torch
+
+    if device is None:
+        return
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"--device takes cpu, cuda or cuda:N; got {device!r}") from None
+    if parsed.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device takes cpu, cuda or cuda:N; got {device!r}")
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: torch sees no CUDA device; use --device cpu")
+
+
+def task_manager(names: list[str], include_paths: list[str]):
+    """``(TaskManager, task names)``, every name known; an unknown one names ``--tasks``.
+
+    Names found in ``include_paths`` alone skip indexing lmms-eval's ~2000 built-in tasks.
+    """
+    from lmms_eval.tasks import TaskManager
+
+    if include_paths:
+        local = TaskManager("WARNING", include_path=include_paths, include_defaults=False)
+        if all(local.match_tasks([name]) for name in names):
+            return local, _expand(local, names)
+    manager = TaskManager("WARNING", include_path=include_paths or None)
+    return manager, _expand(manager, names)
+
+
+def _expand(manager, names: list[str]) -> list[str]:
+    tasks: list[str] = []
+    for name in names:
+        matched = manager.match_tasks([name])
+        if not matched:
+            close = difflib.get_close_matches(name, manager.all_tasks, n=3)
+            hint = f" (close: {', '.join(close)})" if close else ""
+            raise ValueError(
+                f"--tasks: unknown task {name!r}{hint}; local task folders go in --include-path"
+            )
+        tasks += [task for task in matched if task not in tasks]
+    return tasks
+
+
+def _quiet_lmms_eval_logs() -> None:
+    # lmms-eval logs warnings to stdout, between the table's lines; send them to stderr.
+    from loguru import logger
+
+    logger.remove()
+    logger.add(sys.stderr, level="WARNING")
+
+
+def build_report(args, config: PactConfig, results: dict, pact: dict) -> dict[str, Any]:
+    """What is printed and written: the run's settings, lmms-eval's metrics, pact's figures."""
+    return {
+        "model": args.model,
+        "config": args.config,
+        "overrides": list(args.set),
+        "pact_config": config.model_dump(mode="json"),
+        "tasks": args.tasks,
+        "limit": args.limit,
+        "batch_size": args.batch_size,
+        "results": results.get("results", {}),
+        "n_samples": results.get("n-samples", {}),
+        "pact": pact,
+    }
+
+
+def metric_rows(report: dict) -> list[tuple[str, str, str]]:
+    """``(task, metric, value)`` for every metric lmms-eval reported (stderrs left out)."""
+    rows = []
+    for task, metrics in report["results"].items():
+        for name, value in metrics.items():
+            if name == "alias" or "_stderr" in name:
+                continue
+            shown = f"{value:.4f}" if isinstance(value, (int, float)) else str(value)
+            rows.append((task, name, shown))
+    return rows
+
+
+def print_results(report: dict) -> None:
+    """Task metrics with the pact figures of their task, then the run overall."""
+    columns = ("task", "metric", "value", "visual kept/seen", "reduction", "prefill s",
+               "generation s")  # fmt: skip
+    pact = report["pact"]
+    rows = [
+        (task, metric, value, *_pact_cells(pact["tasks"].get(task)))
+        for task, metric, value in metric_rows(report)
+    ]
+    rows.append(("all", "-", "-", *_pact_cells(pact["overall"])))
+    config = " ".join([report["config"], *report["overrides"]])
+    before = [f"model: {report['model']}  config: {config}"]
+    after = ["reduction = 1 - kept/seen; seconds are means per request (its batch's time)"]
+    print_table(columns, rows, before, after)
+
+
+def _pact_cells(figures: dict | None) -> tuple[str, str, str, str]:
+    if not figures:  # a group's row: its figures are its tasks'
+        return ("-", "-", "-", "-")
+    return (
+        f"{figures['visual_tokens_kept']}/{figures['visual_tokens_seen']}",
+        f"{figures['reduction_ratio']:.4f}",
+        f"{figures['prefill_s_per_request']:.4f}",
+        f"{figures['generation_s_per_request']:.4f}",
+    )
