@@ -5,6 +5,19 @@ from __future__ import annotations
 import pytest
 import torch
 
+TINY_DECODER = dict(
+    vocab_size=128,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=6,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    pad_token_id=0,
+    bos_token_id=1,
+    eos_token_id=2,
+)
+"""A text decoder small enough for milliseconds on a CPU; token ids 0 pad, 1 bos, 2 eos."""
+
 
 @pytest.fixture
 def single_thread():
@@ -14,3 +27,18 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tiny_decoder_config():
+    """``make(kind="qwen2", **changes)``: the transformers config of a :data:`TINY_DECODER`
+    of ``kind`` (qwen2, llama, mistral, phi3), ``changes`` replacing its settings."""
+    import transformers as hf
+
+    classes = {"qwen2": hf.Qwen2Config, "llama": hf.LlamaConfig,
+               "mistral": hf.MistralConfig, "phi3": hf.Phi3Config}  # fmt: skip
+
+    def make(kind: str = "qwen2", **changes):
+        return classes[kind](**(TINY_DECODER | changes))
+
+    return make

@@ -1,14 +1,21 @@
-"""The ``pact`` command line: presets, config, components."""
+"""The ``pact`` command line: presets, config, components; help texts; light imports."""
 
 from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import yaml
 
 import pact
 from pact import PactConfig
-from pact.cli import main
+from pact.cli import build_parser, main
 from pact.registry import REGISTRIES
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_presets_lists_all_eleven_with_their_summary(capsys):
@@ -92,3 +99,84 @@ def test_missing_command_is_an_argparse_error(capsys):
     with pytest.raises(SystemExit) as caught:
         main([])
     assert caught.value.code == 2
+
+
+LIGHT_COMMANDS = [
+    ["--help"],
+    ["presets"],
+    ["presets", "--show", "pact"],
+    ["config", "pact", "--set", "clusterer.cutoff=0.3"],
+    ["components"],
+]
+
+
+@pytest.mark.parametrize("argv", LIGHT_COMMANDS, ids=" ".join)
+def test_light_commands_import_neither_torch_nor_transformers(argv):
+    """`pact --help`, `presets`, `config`, `components` answer at once: a fresh interpreter
+    runs them without importing torch or transformers."""
+    script = (
+        "import sys\n"
+        "from pact.cli import main\n"
+        "try:\n"
+        f"    code = main({argv!r})\n"
+        "except SystemExit as stop:\n"
+        "    code = stop.code\n"
+        "heavy = sorted({'torch', 'transformers'} & set(sys.modules))\n"
+        "print('RESULT', code, heavy)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=False, cwd=ROOT
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "RESULT 0 []", result.stdout[-2000:]
+
+
+def _parsers(parser: argparse.ArgumentParser):
+    """``parser`` and every subcommand's parser below it."""
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                yield from _parsers(child)
+
+
+def test_every_command_and_option_has_help_that_states_its_default():
+    checked = 0
+    for parser in _parsers(build_parser()):
+        formatter = parser._get_formatter()
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                assert all(choice.help for choice in action._choices_actions), parser.prog
+                continue
+            if not action.option_strings or action.default is argparse.SUPPRESS:
+                continue
+            assert action.help, (parser.prog, action.option_strings)
+            if action.default is None or action.default is False:
+                continue
+            shown = formatter._expand_help(action)
+            default = action.default
+            listed = ", ".join(map(str, default)) if isinstance(default, list) else None
+            expected = str(default) if listed is None else listed or "none"
+            assert expected in shown, (parser.prog, action.option_strings, shown)
+            checked += 1
+    assert checked > 40  # every command's options were reached
+
+
+@pytest.mark.parametrize("command", [["config", "pact"], ["run"], ["viz"]])
+@pytest.mark.parametrize(
+    ("item", "field"),
+    [("clusterer.cutoff=abc", "stages.0.clusterer.cutoff"), ("nosuchfield=1", "nosuchfield")],
+)
+def test_a_bad_set_value_is_named_before_any_model_work(command, item, field, capsys,
+                                                        monkeypatch):  # fmt: skip
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was built before the config was checked")
+
+    monkeypatch.setattr("pact.models.tiny.build", refuse)
+    assert main([*command, "--set", "keep_ratio=0.3", "--set", item]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    first = captured.err.splitlines()[0]
+    assert first.startswith(f"pact {command[0]}: --set: override {item!r}: ")
+    assert "keep_ratio=0.3" not in first  # the valid override is not blamed
+    assert f"  {field}: " in captured.err

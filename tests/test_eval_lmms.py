@@ -16,6 +16,7 @@ from PIL import Image
 
 import pact
 from pact.eval.runner import Generation, TaskTotals
+from pact.models.tiny import FAMILIES
 from pact.models.tiny_processor import load_tiny
 
 pytest.importorskip("lmms_eval")
@@ -199,7 +200,7 @@ def test_generation_kwargs_and_totals():
     assert summary["reduction_ratio"] == 0.75 and summary["prefill_s_per_request"] == 0.5
 
 
-@pytest.mark.parametrize("family", ["llava_next", "llava_onevision", "qwen2_5_vl"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_tiny_processors_match_their_models(family):
     processor, model = load_tiny(family, seed=SEED)
     inputs = direct_inputs(processor, DOCS[1])

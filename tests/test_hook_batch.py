@@ -12,7 +12,7 @@ import math
 
 import pytest
 import torch
-from hook_helpers import (
+from helpers_hook import (
     FAMILY_TEXT,
     REPRESENTATIVE,
     ROWS,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hook_helpers import ROWS, cache_lengths, greedy, logits, make_batches, tiny_model
+from helpers_hook import ROWS, cache_lengths, greedy, logits, make_batches, tiny_model
 
 import pact
 

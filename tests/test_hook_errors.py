@@ -6,26 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 import transformers as hf
-from hook_helpers import ROWS, all_hooks, cache_lengths, logits, make_batches, tiny_model
+from helpers_hook import ROWS, all_hooks, cache_lengths, logits, make_batches, tiny_model
 from torch import nn
 
 import pact
 from pact.errors import ConfigError
 
 pytestmark = pytest.mark.usefixtures("single_thread")
-
-DECODER = dict(
-    vocab_size=128,
-    hidden_size=32,
-    intermediate_size=64,
-    num_hidden_layers=4,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    pad_token_id=0,
-    bos_token_id=1,
-    eos_token_id=2,
-)
-
 
 def assert_unchanged(tiny, batch, reference) -> None:
     """No trace of a failed attach: same attention, no handle, same logits, attachable."""
@@ -109,22 +96,22 @@ def test_module_without_decoder_layers():
         assert not hasattr(model, "_pact_handle")
 
 
-def test_layer_without_q_proj():
+def test_layer_without_q_proj(tiny_decoder_config):
     """Phi-3 fuses q, k and v into one qkv_proj: pact cannot read the layer's keys."""
-    model = hf.Phi3ForCausalLM(hf.Phi3Config(**DECODER))
+    model = hf.Phi3ForCausalLM(tiny_decoder_config("phi3"))
     with pytest.raises(TypeError, match=r"layer 1 \(Phi3DecoderLayer\) lacks q_proj, k_proj.*"):
         pact.attach(model, "pact", overrides=["layer=1"])
     assert not hasattr(model, "_pact_handle")
     assert model.get_decoder().config._attn_implementation != "pact_sdpa"
 
 
-def test_sliding_window_decoder_refused():
+def test_sliding_window_decoder_refused(tiny_decoder_config):
     """Mistral applies its config's window in every layer (no attribute on the attention);
     the reduced layers would count removed tokens, so attaching must refuse."""
-    model = hf.MistralForCausalLM(hf.MistralConfig(**DECODER, sliding_window=8))
+    model = hf.MistralForCausalLM(tiny_decoder_config("mistral", sliding_window=8))
     with pytest.raises(TypeError, match="sliding-window attention"):
         pact.attach(model, "pact", overrides=["layer=1"])
-    unwindowed = hf.MistralForCausalLM(hf.MistralConfig(**DECODER, sliding_window=None))
+    unwindowed = hf.MistralForCausalLM(tiny_decoder_config("mistral", sliding_window=None))
     pact.attach(unwindowed, "pact", overrides=["layer=1"]).detach()
 
 
@@ -189,9 +176,9 @@ def test_decoder_called_directly_is_an_error(llava):
         tiny.model.get_decoder()(inputs_embeds=embeds)
 
 
-def test_offloaded_layer_refused():
+def test_offloaded_layer_refused(tiny_decoder_config):
     """Weights on the meta device (accelerate offload) cannot be read before the forward."""
-    model = hf.LlamaForCausalLM(hf.LlamaConfig(**DECODER)).eval()
+    model = hf.LlamaForCausalLM(tiny_decoder_config("llama")).eval()
     model.model.layers[3].to("meta")
     with pytest.raises(TypeError, match="layer 3 has weights on the meta device"):
         pact.attach(model, "pact", overrides=["layer=1"], visual_token_ids=[5])

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hook_helpers import (
+from helpers_hook import (
     FAMILY_TEXT,
     ROWS,
     all_hooks,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hook_helpers import (
+from helpers_hook import (
     QWEN_VL,
     REPRESENTATIVE,
     TOL,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 import transformers as hf
-from hook_helpers import ROWS, TOL, cache_lengths, make_batches, rope_probe, tiny_model
+from helpers_hook import ROWS, TOL, cache_lengths, make_batches, rope_probe, tiny_model
 
 import pact
 
@@ -82,24 +82,17 @@ def ids_with_visual_span(vocab: int, seed: int = 0):
     return ids, mask, visual_ids
 
 
-def small_decoder(kind: str) -> hf.PreTrainedModel:
-    config = {"qwen2": hf.Qwen2Config, "llama": hf.LlamaConfig}[kind](
-        vocab_size=128,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=6,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-    )
-    torch.manual_seed(0)
-    return CAUSAL_LM[kind](config).eval()
+@pytest.fixture
+def small_decoder(tiny_decoder_config):
+    def make(kind: str) -> hf.PreTrainedModel:
+        torch.manual_seed(0)
+        return CAUSAL_LM[kind](tiny_decoder_config(kind)).eval()
+
+    return make
 
 
 @pytest.mark.parametrize("kind", ["qwen2", "llama"])
-def test_generic_decoder_with_input_ids(kind):
+def test_generic_decoder_with_input_ids(kind, small_decoder):
     """An explicit mask and ``visual_token_ids`` mark the same tokens: same result; and
     generate reduces the prefill only, with positions as the unreduced model's."""
     model = small_decoder(kind)
@@ -133,7 +126,7 @@ def test_generic_decoder_with_input_ids(kind):
         assert torch.equal(seen[step], reference_positions[step])
 
 
-def test_generic_decoder_without_a_mask_fails_at_each_prefill():
+def test_generic_decoder_without_a_mask_fails_at_each_prefill(small_decoder):
     model = small_decoder("llama")
     ids, attention, visual_ids = ids_with_visual_span(128)
     mask = torch.isin(ids, torch.tensor(visual_ids)) & attention.bool()

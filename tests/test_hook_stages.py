@@ -13,7 +13,7 @@ from contextlib import contextmanager
 
 import pytest
 import torch
-from hook_helpers import ROWS, cache_lengths, greedy, make_batches, tiny_model
+from helpers_hook import ROWS, cache_lengths, greedy, make_batches, tiny_model
 
 import pact
 from pact.hooks.attention import KWARG

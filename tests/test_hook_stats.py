@@ -7,7 +7,7 @@ import gc
 
 import pytest
 import torch
-from hook_helpers import ROWS, all_hooks, logits, make_batches, tiny_model
+from helpers_hook import ROWS, all_hooks, logits, make_batches, tiny_model
 
 import pact
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hook_helpers import TOL, greedy, logits, make_batches, max_row_diff, tiny_model
+from helpers_hook import TOL, greedy, logits, make_batches, max_row_diff, tiny_model
 
 import pact
 

@@ -45,16 +45,9 @@ def _processor() -> hf.LlavaProcessor:
     )  # fmt: skip
 
 
-def _text_config(vocab: int, kind: str = "qwen2"):
-    shape = dict(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=6)
-    shape |= dict(num_attention_heads=4, pad_token_id=0, bos_token_id=1, eos_token_id=2)
-    if kind == "phi3":  # a decoder pact does not support: fused qkv_proj, no q_proj/k_proj
-        return hf.Phi3Config(**shape, num_key_value_heads=2)
-    return hf.Qwen2Config(**shape, num_key_value_heads=2)
-
-
-def _save_checkpoint(path, text: str = "qwen2"):
-    """Processor and random-weight model saved side by side, as on the hub."""
+def _save_checkpoint(path, text_config, text: str = "qwen2"):
+    """Processor and random-weight model saved side by side, as on the hub; ``text`` phi3
+    is a decoder pact does not support (fused qkv_proj, no q_proj/k_proj)."""
     processor = _processor()
     image_id = processor.tokenizer.convert_tokens_to_ids("<image>")
     vision = hf.CLIPVisionConfig(
@@ -62,7 +55,7 @@ def _save_checkpoint(path, text: str = "qwen2"):
         image_size=TILE, patch_size=PATCH, projection_dim=32,
     )  # fmt: skip
     config = hf.LlavaConfig(
-        vision_config=vision, text_config=_text_config(len(processor.tokenizer), text),
+        vision_config=vision, text_config=text_config(text, vocab_size=len(processor.tokenizer)),
         image_token_id=image_id, image_seq_length=GRID_TOKENS, vision_feature_layer=-1,
     )  # fmt: skip
     torch.manual_seed(0)
@@ -75,9 +68,9 @@ def _save_checkpoint(path, text: str = "qwen2"):
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
+def checkpoint(tmp_path_factory, tiny_decoder_config):
     path = tmp_path_factory.mktemp("tiny-llava")
-    processor, image_id = _save_checkpoint(path)
+    processor, image_id = _save_checkpoint(path, tiny_decoder_config)
     png = path / "image.png"
     Image.new("RGB", (48, 40), (200, 30, 90)).save(png)
     return path, png, processor, image_id
@@ -164,8 +157,8 @@ def test_run_argument_errors(checkpoint, tmp_path, capsys):
         assert code == 2 and "--device cuda" in err
 
 
-def test_run_unsupported_checkpoint_names_the_model(tmp_path, capsys):
-    _save_checkpoint(tmp_path, text="phi3")
+def test_run_unsupported_checkpoint_names_the_model(tmp_path, capsys, tiny_decoder_config):
+    _save_checkpoint(tmp_path, tiny_decoder_config, text="phi3")
     png = tmp_path / "image.png"
     Image.new("RGB", (32, 32)).save(png)
     code, _, err = _run(capsys, "--model", str(tmp_path), "--image", str(png))

@@ -185,20 +185,25 @@ def test_norm_is_the_hidden_norm():
     assert_close_on_visual(Norm().score(inputs), expected, inputs)
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("name", ["euti", "attention", "norm", "random", "withdraw"])
-def test_half_precision_inputs_give_float32_scores(name, dtype):
+REFERENCES = {
+    "euti": euti_reference,
+    "attention": fastv_reference,
+    "norm": lambda x: np.linalg.norm(as_numpy(x.hidden), axis=-1),
+}
+"""Independent computations of the scorers that have one (random and withdraw are checked
+by their own tests)."""
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("name", SCORERS.names())
+def test_every_scorer_gives_finite_float32_scores_of_the_batch_shape(name, dtype):
     inputs = make_layer(5, MIXED_ROWS, dtype=dtype, rotary=True)
     scores = SCORERS.get(name)().score(inputs)
     assert scores.dtype == torch.float32
     assert scores.shape == inputs.visual_mask.shape
     assert bool(torch.isfinite(scores).all())
     # The computation happens in float32 on the (exactly representable) half values.
-    reference = {
-        "euti": euti_reference,
-        "attention": fastv_reference,
-        "norm": lambda x: np.linalg.norm(as_numpy(x.hidden), axis=-1),
-    }.get(name)
+    reference = REFERENCES.get(name)
     if reference is not None:
         assert_close_on_visual(scores, reference(inputs), inputs)
 

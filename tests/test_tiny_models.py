@@ -8,14 +8,9 @@ import inspect
 import pytest
 import torch
 
-from pact.models.tiny import FAMILIES, TEXT_FAMILIES, TinyVLM, build, build_shaped
+from pact.models.tiny import FAMILIES, FAMILY_TEXTS, TinyVLM, build, build_shaped
+from pact.models.tiny_inputs import ANYRES_FAMILIES, QWEN_FAMILIES, VIDEO_FAMILIES
 
-LLAVA_STYLE = ("llava", "llava_next", "llava_onevision")
-VIDEO_FAMILIES = ("llava_onevision", "qwen2_vl", "qwen2_5_vl")
-FAMILY_TEXT = [(family, text) for family in LLAVA_STYLE for text in TEXT_FAMILIES] + [
-    ("qwen2_vl", "qwen2"),
-    ("qwen2_5_vl", "qwen2"),
-]
 ONE_AND_TWO_IMAGES = [["text:5", "image", "text:3"], ["text:4", "image", "image", "text:2"]]
 
 
@@ -66,7 +61,7 @@ def run_and_check(tiny: TinyVLM, prompts: list[list[str]], padding_side: str = "
     return batch
 
 
-@pytest.mark.parametrize(("family", "text"), FAMILY_TEXT)
+@pytest.mark.parametrize(("family", "text"), FAMILY_TEXTS)
 def test_forward_generate_one_and_two_images(family: str, text: str) -> None:
     tiny = build(family, text=text)
     batch = run_and_check(tiny, ONE_AND_TWO_IMAGES)
@@ -97,7 +92,7 @@ def test_video_rows(family: str) -> None:
     run_and_check(tiny, [["text:2", "video:6", "image", "video:6", "text:1"]])
 
 
-@pytest.mark.parametrize("family", ["llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl"])
+@pytest.mark.parametrize("family", ANYRES_FAMILIES + QWEN_FAMILIES)
 def test_image_sizes_match_encoder(family: str) -> None:
     tiny = build(family, layers=1)
     sizes = [(32, 32), (32, 80), (80, 32), (40, 64), (64, 40), (96, 96), (20, 100), (128, 128)]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -9,7 +11,8 @@ import torch
 import pact
 from pact import LayerInputs, QKSource
 from pact.cli import build_parser, main
-from pact.models.tiny import build
+from pact.hooks.families import VLM_FAMILIES, families_with
+from pact.models.tiny import FAMILIES, build
 from pact.viz import (
     GAP,
     HATCH,
@@ -149,7 +152,7 @@ def test_anyres_maps_base_tile_crops_and_newlines():
     assert len(boxes) == tiny.image_tokens((32, 48))
 
 
-@pytest.mark.parametrize("family", ["llava_onevision", "qwen2_5_vl"])
+@pytest.mark.parametrize("family", [family for family in FAMILIES if family not in CASES])
 def test_other_families_map_every_placeholder(family):
     tiny = build(family, layers=3)
     batch = tiny.inputs([["text:2", "image:200x100", "text:2"]])
@@ -160,15 +163,23 @@ def test_other_families_map_every_placeholder(family):
     assert drawn.image.size[1] >= 256
 
 
-def test_geometry_from_the_model_config_matches_the_tiny_layout():
-    for family in ("llava", "llava_onevision", "qwen2_vl"):
-        tiny = build(family, layers=1)
-        geometry = Geometry.from_model(tiny.model)
-        assert (geometry.family, geometry.patch) == (family, tiny.layout.patch)
-        assert geometry.image_token_id == tiny.image_token_id
-        if family != "qwen2_vl":
-            assert geometry.tile == tiny.layout.tile
-            assert geometry.pinpoints == tiny.layout.pinpoints
+@pytest.mark.parametrize("family", FAMILIES)
+def test_geometry_from_the_model_config_matches_the_tiny_layout(family):
+    tiny = build(family, layers=1)
+    geometry = Geometry.from_model(tiny.model)
+    assert (geometry.family, geometry.patch) == (family, tiny.layout.patch)
+    assert geometry.image_token_id == tiny.image_token_id
+    assert geometry.grid == VLM_FAMILIES[family].grid
+    if geometry.grid != "merged":
+        assert geometry.tile == tiny.layout.tile
+        assert geometry.pinpoints == tiny.layout.pinpoints
+
+
+def test_families_without_a_grid_have_no_geometry():
+    for family in families_with(grid=None):
+        model = SimpleNamespace(config=SimpleNamespace(model_type=family))
+        with pytest.raises(ValueError, match="no token geometry"):
+            Geometry.from_model(model)
 
 
 def test_assignment_is_fixed_size_replaced_per_call_and_cleared_on_detach():

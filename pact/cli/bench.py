@@ -304,7 +304,7 @@ def _add_quality(commands) -> None:
         "unreduced model, measured reduction ratio, and a plot of one against the other.",
     )
     parser.add_argument("--methods", default=",".join(METHODS), metavar="A,B",
-                        help=f"comma list of {', '.join(METHODS)} (default: all)")  # fmt: skip
+                        help="comma list of methods (default: all, %(default)s)")  # fmt: skip
     parser.add_argument("--ratios", default=",".join(str(r) for r in DEFAULT_RATIOS),
                         metavar="R,R", help="target fractions of visual tokens removed")
     parser.add_argument("--examples", type=int, default=1000,

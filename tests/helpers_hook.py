@@ -17,23 +17,17 @@ import torch
 from torch import Tensor, nn
 
 from pact.models import tiny_inputs as ti
-from pact.models.tiny import TinyVLM, build
+from pact.models.tiny import FAMILIES, FAMILY_TEXTS, TinyVLM, build, text_decoders
 
-LLAVA_STYLE = ("llava", "llava_next", "llava_onevision")
-QWEN_VL = ("qwen2_vl", "qwen2_5_vl")
-TEXTS = ("qwen2", "llama", "mistral", "gemma")
-FAMILY_TEXT = [(family, text) for family in LLAVA_STYLE for text in TEXTS] + [
-    (family, "qwen2") for family in QWEN_VL
-]
+QWEN_VL = ti.QWEN_FAMILIES
+FAMILY_TEXT = list(FAMILY_TEXTS)
 """The full family x text-decoder matrix (Qwen-VL models have their own decoder)."""
 REPRESENTATIVE = [
-    ("llava", "llama"),
-    ("llava_next", "mistral"),
-    ("llava_onevision", "gemma"),
-    ("qwen2_vl", "qwen2"),
-    ("qwen2_5_vl", "qwen2"),
+    (family, text_decoders(family)[(index + 1) % len(text_decoders(family))])
+    for index, family in enumerate(FAMILIES)
 ]
-"""Every family once, every text decoder at least once: for the more expensive checks."""
+"""Every family once, every text decoder at least once: for the more expensive checks
+(llava with llama, llava_next with mistral, llava_onevision with gemma, Qwen-VL with qwen2)."""
 TOL = 1e-4
 """float32 tolerance for 'the same computation in another batch shape'."""
 ROWS = [
@@ -79,7 +73,7 @@ def model_inputs(tiny: TinyVLM, batch: dict[str, Tensor]) -> dict[str, Tensor]:
     ``generate`` would compute (Qwen-VL computes its 3-D positions from the mask itself)."""
     inputs = dict(batch)
     mask = batch["attention_mask"]
-    if tiny.family in LLAVA_STYLE and not bool(mask.all()):
+    if tiny.family not in QWEN_VL and not bool(mask.all()):
         inputs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)
     return inputs
 
