@@ -21,7 +21,7 @@ class NoneConfig(ClustererConfig):
 
 @register_clusterer("none")
 class NoClustering(Clusterer):
-    """``labels = centers = arange(n)``."""
+    """Every token is its own cluster: ``labels = centers = arange(n)``."""
 
     Config = NoneConfig
     needs_features = False

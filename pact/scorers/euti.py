@@ -46,7 +46,8 @@ def grouped_prefix_softmax(queries: Tensor, keys: Tensor, prefix: Tensor) -> Ten
 
 @register_scorer("euti")
 class Euti(Scorer):
-    """``I[j] = mean_h softmax_{j in T}(g_h . K[j,h] / sqrt(d)) * ||H[j]||``, pre-RoPE."""
+    """PACT's attention-free importance, from pre-RoPE queries and keys:
+    ``I[j] = mean_h softmax_{j in T}(g_h . K[j,h] / sqrt(d)) * ||H[j]||``."""
 
     Config = EutiConfig
 

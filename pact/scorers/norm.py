@@ -18,7 +18,7 @@ class NormConfig(ScorerConfig):
 
 @register_scorer("norm")
 class Norm(Scorer):
-    """``I[j] = ||H[j]||_2`` in float32."""
+    """The norm of each hidden state in float32: ``I[j] = ||H[j]||_2``."""
 
     Config = NormConfig
 

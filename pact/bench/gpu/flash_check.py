@@ -247,15 +247,16 @@ BATCH_ROWS = (["text:3", "image", "text:4"], ["text:2", "image", "image", "text:
 def _logits(tiny: TinyVLM, batch: dict) -> Tensor:
     inputs = dict(batch)
     mask = batch["attention_mask"]
-    if tiny.family in ("llava", "llava_next", "llava_onevision") and not bool(mask.all()):
+    if tiny.family not in ti.QWEN_FAMILIES and not bool(mask.all()):
         inputs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)
     with torch.no_grad():
         return tiny.model(**inputs).logits.float()
 
 
-def rows_vs_alone(implementation: str, device, dtype=torch.bfloat16, config: Any = "pact") -> dict:
+def rows_vs_alone(implementation: str, device, dtype=torch.bfloat16, preset: str = "pact") -> dict:
     """Largest logit difference between each row of a left-padded batch and the row alone,
-    for ``none`` and ``config`` (the unreduced model's difference bounds kernel effects)."""
+    for ``none`` and the preset named ``preset`` (the unreduced model's difference bounds
+    kernel effects); the result holds one entry per preset name."""
     tiny = build("llava_onevision", text="qwen2", attn=implementation, dtype=dtype, device=device)
     generator = torch.Generator().manual_seed(0)
     rows = [ti.build_row(tiny.layout, list(spec), generator) for spec in BATCH_ROWS]
@@ -268,7 +269,7 @@ def rows_vs_alone(implementation: str, device, dtype=torch.bfloat16, config: Any
     batch, alone = collate(rows), [collate([row]) for row in rows]
     real = batch["attention_mask"].bool()
     result = {}
-    for name in ("none", config):
+    for name in ("none", preset):
         with pact.attached(tiny.model, name) as handle:
             batched = _logits(tiny, batch)
             counts = list(handle.stats.last[-1].after_merge) if handle.stats.last else []
@@ -276,6 +277,6 @@ def rows_vs_alone(implementation: str, device, dtype=torch.bfloat16, config: Any
         worst = max(
             (batched[r][real[r]] - single[0]).abs().max().item() for r, single in enumerate(singles)
         )
-        result[str(name)] = {"max_abs_diff": worst, "kept_visual_per_row": counts}
+        result[name] = {"max_abs_diff": worst, "kept_visual_per_row": counts}
     result["logit_scale"] = batched[real].abs().max().item()
     return result
