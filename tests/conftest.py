@@ -42,3 +42,18 @@ def tiny_decoder_config():
         return classes[kind](**(TINY_DECODER | changes))
 
     return make
+
+
+@pytest.fixture(scope="session")
+def trained_shapes(tmp_path_factory):
+    """``(folder, record)`` of a model from :data:`SHAPES_TINY_RUN` (its weights mean nothing)."""
+    from helpers_shapes import SHAPES_TINY_RUN
+
+    from pact.models.shapes import train
+
+    out = tmp_path_factory.mktemp("trained_shapes")
+    threads = torch.get_num_threads()
+    try:
+        return out, train.main(["--out", str(out), *SHAPES_TINY_RUN])
+    finally:
+        torch.set_num_threads(threads)

@@ -1,9 +1,10 @@
 """The quality benchmark's VLM: a stock ``LlavaForConditionalGeneration``, sized for a CPU.
 
-A 2-layer CLIP vision tower reads the 96-px scene in 6-px patches (16 x 16 = 256 visual
-tokens); a Qwen2-style decoder of 8 layers reads ``<bos>``, the visual tokens and the
-question, and answers with one token.  :func:`load` returns the shipped, trained weights;
-:func:`batch` turns examples into the model's inputs.
+A 2-layer CLIP vision tower reads the 96-px scene in 8-px patches (12 x 12 = 144 visual
+tokens); LLaVA's two-layer projector maps them into a Qwen2 decoder of 6 layers, which
+reads ``<bos>``, the visual tokens and the question, and answers with one token.
+:func:`load` returns the shipped, trained weights; :func:`batch` turns examples into the
+model's inputs.
 """
 
 from __future__ import annotations
@@ -19,11 +20,17 @@ import transformers as hf
 from pact.models.shapes.questions import BOS_ID, EOS_ID, IMAGE_ID, PAD_ID, VOCAB, Example
 from pact.models.shapes.scenes import IMAGE_PX
 
-PATCH_PX = 6
+PATCH_PX = 8
 GRID = IMAGE_PX // PATCH_PX
 IMAGE_TOKENS = GRID * GRID
-DECODER = dict(layers=8, hidden=128, heads=4, kv_heads=2, intermediate=384)
+DECODER = dict(layers=6, hidden=128, heads=4, kv_heads=2, intermediate=384)
 VISION = dict(layers=2, hidden=96, heads=4, intermediate=256)
+REDUCTION_LAYER = 1
+"""Where pact's commands place a single-stage reduction on this model (``pact bench
+quality``, ``pact run``, ``pact viz``): the input of layer 1 of 6, the presets' layer 4 of
+28 scaled to this depth and rounded up. The decoder reads the image at layer 2 (guided
+there in training); from layer 3 on the visual tokens are no longer read, so any method
+placed there keeps every answer (docs/quality.md)."""
 ASSETS = "assets"  # package folder of the shipped weights, config and model card
 WEIGHTS_NAME = "model.safetensors"
 
@@ -61,11 +68,35 @@ def model_config() -> hf.LlavaConfig:
 
 
 def new_model(seed: int, attn: str = "sdpa") -> hf.LlavaForConditionalGeneration:
-    """A freshly initialised model (what training starts from)."""
+    """A freshly initialised model (what training starts from): transformers' own
+    initialisation, except the vision tower's position table, which starts as a 2-D
+    sine-cosine grid so that neighbouring patches are alike from the first step."""
     torch.manual_seed(seed)
-    model = hf.LlavaForConditionalGeneration(_with_attn(model_config(), attn))
+    config = model_config()
+    config._attn_implementation = attn
+    model = hf.LlavaForConditionalGeneration(config)
+    table = model.model.vision_tower.embeddings.position_embedding.weight
+    with torch.no_grad():
+        table[0] = 0.0  # the CLS slot, dropped before the projector
+        table[1:] = 0.5 * sincos_grid(GRID, table.shape[1])
     _set_generation_defaults(model)
     return model
+
+
+def sincos_grid(side: int, width: int) -> torch.Tensor:
+    """``[side * side, width]`` 2-D sine-cosine position codes in raster order: a quarter
+    of the channels each for sin(row), cos(row), sin(column), cos(column) at geometric
+    frequencies; channels left over (width not divisible by 4) are zero."""
+    quarter = width // 4
+    frequencies = 1.0 / (100.0 ** (torch.arange(quarter) / quarter))
+    rows, columns = torch.meshgrid(torch.arange(side).float(), torch.arange(side).float(),
+                                   indexing="ij")  # fmt: skip
+    parts = []
+    for coordinate in (rows.flatten(), columns.flatten()):
+        angles = coordinate[:, None] * frequencies[None]
+        parts += [angles.sin(), angles.cos()]
+    codes = torch.cat(parts, dim=1)
+    return torch.nn.functional.pad(codes, (0, width - codes.shape[1]))
 
 
 def assets_dir() -> Path:
@@ -80,14 +111,15 @@ def load(path: str | Path | None = None, attn: str = "sdpa") -> hf.LlavaForCondi
         raise FileNotFoundError(
             f"no {WEIGHTS_NAME} in {folder}: train one with `python -m pact.models.shapes.train`"
         )
-    model = hf.LlavaForConditionalGeneration.from_pretrained(folder, attn_implementation=attn)
+    shown = hf.utils.logging.is_progress_bar_enabled()
+    hf.utils.logging.disable_progress_bar()  # a 6 MB model: a bar would only be noise
+    try:
+        model = hf.LlavaForConditionalGeneration.from_pretrained(folder, attn_implementation=attn)
+    finally:
+        if shown:
+            hf.utils.logging.enable_progress_bar()
     _set_generation_defaults(model)
     return model.eval()
-
-
-def _with_attn(config: hf.LlavaConfig, attn: str) -> hf.LlavaConfig:
-    config._attn_implementation = attn
-    return config
 
 
 def _set_generation_defaults(model: hf.PreTrainedModel) -> None:
@@ -100,12 +132,12 @@ def _set_generation_defaults(model: hf.PreTrainedModel) -> None:
 
 def pixel_values(images: list[np.ndarray]) -> torch.Tensor:
     """``[B, 3, H, W]`` float32 in [-1, 1] from ``[H, W, 3]`` uint8 images."""
-    stacked = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float()
-    return stacked / 127.5 - 1.0
+    stacked = torch.from_numpy(np.ascontiguousarray(np.stack(images))).permute(0, 3, 1, 2)
+    return stacked.float() / 127.5 - 1.0
 
 
 def batch(examples: list[Example]) -> dict[str, torch.Tensor]:
-    """Model inputs: ``<bos> <image>*256 question``, left-padded to the longest question."""
+    """Model inputs: ``<bos> <image>*144 question``, left-padded to the longest question."""
     rows = [[BOS_ID] + [IMAGE_ID] * IMAGE_TOKENS + ex.question_ids for ex in examples]
     width = max(len(row) for row in rows)
     input_ids = torch.full((len(rows), width), PAD_ID, dtype=torch.long)
@@ -120,35 +152,9 @@ def batch(examples: list[Example]) -> dict[str, torch.Tensor]:
     }
 
 
-def training_batch(groups: list[list[Example]]) -> dict[str, torch.Tensor]:
-    """Several questions per scene: ``<bos> <image>*256 q1 ? a1 q2 ? a2 ...``, right-padded.
-
-    Also returns ``answer_at`` (the ``?`` positions, whose next token is an answer; -1 in
-    unused slots) and ``answers`` (the answer ids there).  The first question of a row sees
-    exactly what evaluation shows, later ones also see the earlier answers.
-    """
-    rows, slots = [], []
-    for group in groups:
-        row, at = [BOS_ID] + [IMAGE_ID] * IMAGE_TOKENS, []
-        for ex in group:
-            row += ex.question_ids
-            at.append(len(row) - 1)
-            row.append(ex.answer_id)
-        rows.append(row[:-1])  # the last answer is only a target
-        slots.append(at)
-    width, most = max(len(row) for row in rows), max(len(at) for at in slots)
-    input_ids = torch.full((len(rows), width), PAD_ID, dtype=torch.long)
-    attention_mask = torch.zeros_like(input_ids)
-    answer_at = torch.full((len(rows), most), -1, dtype=torch.long)
-    answers = torch.full((len(rows), most), -100, dtype=torch.long)
-    for i, (row, at, group) in enumerate(zip(rows, slots, groups, strict=True)):
-        input_ids[i, : len(row)] = torch.tensor(row)
-        attention_mask[i, : len(row)] = 1
-        answer_at[i, : len(at)] = torch.tensor(at)
-        answers[i, : len(at)] = torch.tensor([ex.answer_id for ex in group])
-    pixels = pixel_values([group[0].scene.image for group in groups])
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "pixel_values": pixels,
-            "answer_at": answer_at, "answers": answers}  # fmt: skip
+def visual_features(model: hf.LlavaForConditionalGeneration, pixels: torch.Tensor) -> torch.Tensor:
+    """``[B, 144, hidden]``: the projector's output, the visual tokens the decoder reads."""
+    return torch.stack(model.model.get_image_features(pixel_values=pixels).pooler_output)
 
 
 def answer_logits(model: hf.PreTrainedModel, inputs: dict[str, torch.Tensor]) -> torch.Tensor:

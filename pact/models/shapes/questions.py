@@ -26,18 +26,27 @@ ANSWERS = (*COLOURS, *SHAPES, "yes", "no", *COUNT_WORDS)
 VOCAB = (*SPECIAL_TOKENS, *QUESTION_WORDS, *COLOURS, *SHAPES, *PLURALS.values(), "yes", "no",
          *COUNT_WORDS)
 TOKEN_IDS = {word: index for index, word in enumerate(VOCAB)}
-SPLIT_SEEDS = {"train": 1, "test": 2}
+SPLIT_SEEDS = {"train": 1, "test": 2, "val": 3}
+"""Seeds of the splits: training streams, the test split (every reported figure), and
+validation scenes that steer training (stage 1's gate, stage 2's checks)."""
 MIN_SIDE_GAP_PX = 8.0  # horizontal centre distance below which "left of" is not asked
 
 
 @dataclass(frozen=True)
 class Example:
-    """A scene, a question about it and its one-word answer."""
+    """A scene, a question about it and its one-word answer.
+
+    ``referents`` are the objects the question names, one group per noun phrase in the
+    order the question names them (a relation names two; a count names every object it
+    counts; an absent colour-shape pair names none). Training points attention at them
+    (:mod:`pact.models.shapes.guidance`); evaluation never reads them.
+    """
 
     scene: Scene
     kind: str
     question: str
     answer: str
+    referents: tuple[tuple[SceneObject, ...], ...] = ()
 
     @property
     def question_ids(self) -> list[int]:
@@ -61,29 +70,38 @@ def make_example(split: str, index: int) -> Example:
     return make_examples(split, index, 1)[0]
 
 
+def make_scene(split: str, index: int) -> Scene:
+    """The ``index``-th scene of ``split``: the scene that :func:`make_examples` asks about."""
+    return render_scene(_generator(split, index))
+
+
+def _generator(split: str, index: int) -> np.random.Generator:
+    if split not in SPLIT_SEEDS:
+        raise ValueError(f"split must be one of {sorted(SPLIT_SEEDS)}, got {split!r}")
+    return np.random.default_rng([SPLIT_SEEDS[split], index])
+
+
 def make_examples(split: str, index: int, count: int, max_objects: int = MAX_OBJECTS
                   ) -> list[Example]:  # fmt: skip
     """``count`` questions about the ``index``-th scene of ``split``; the first is
     :func:`make_example`'s (training asks several per scene, the test split one).
     ``max_objects`` caps the objects drawn (a training curriculum starts with fewer)."""
-    if split not in SPLIT_SEEDS:
-        raise ValueError(f"split must be one of {sorted(SPLIT_SEEDS)}, got {split!r}")
-    rng = np.random.default_rng([SPLIT_SEEDS[split], index])
+    rng = _generator(split, index)
     scene = render_scene(rng, max_objects)
-    return [_ask(scene, rng) for _ in range(count)]
+    return [ask(scene, rng) for _ in range(count)]
 
 
-def _ask(scene: Scene, rng: np.random.Generator) -> Example:
-    """A question of a random kind that this scene can answer."""
+def ask(scene: Scene, rng: np.random.Generator) -> Example:
+    """A question of a random kind that this scene can answer (the test split's draw)."""
     kinds = [kind for kind in KINDS if kind != "relation" or _relation_pairs(scene)]
     for _ in range(20):
         kind = kinds[rng.integers(len(kinds))]
         asked = ASK[kind](scene, rng)
         if asked is not None:
-            return Example(scene, kind, f"{asked[0]} ?", asked[1])
+            return Example(scene, kind, f"{asked[0]} ?", asked[1], asked[2])
     # every scene has an object, and a presence question always exists
-    question, answer = _ask_presence(scene, rng)
-    return Example(scene, "presence", f"{question} ?", answer)
+    question, answer, referents = _ask_presence(scene, rng)
+    return Example(scene, "presence", f"{question} ?", answer, referents)
 
 
 def _name_by_shape(scene: Scene, target: SceneObject) -> str | None:
@@ -109,13 +127,13 @@ def _name_by_colour(scene: Scene, target: SceneObject) -> str | None:
 def _ask_colour(scene: Scene, rng: np.random.Generator):
     target = scene.objects[rng.integers(len(scene.objects))]
     name = _name_by_shape(scene, target)
-    return None if name is None else (f"what color is the {name}", target.colour)
+    return None if name is None else (f"what color is the {name}", target.colour, ((target,),))
 
 
 def _ask_shape(scene: Scene, rng: np.random.Generator):
     target = scene.objects[rng.integers(len(scene.objects))]
     name = _name_by_colour(scene, target)
-    return None if name is None else (f"what shape is the {name}", target.shape)
+    return None if name is None else (f"what shape is the {name}", target.shape, ((target,),))
 
 
 def _ask_count(scene: Scene, rng: np.random.Generator):
@@ -127,10 +145,10 @@ def _ask_count(scene: Scene, rng: np.random.Generator):
         target = scene.objects[rng.integers(len(scene.objects))]
         attribute = (target.colour, target.shape)[rng.integers(2)]
     if attribute in COLOURS:
-        count = sum(o.colour == attribute for o in scene.objects)
-        return f"how many {attribute} objects are there", COUNT_WORDS[count]
-    count = sum(o.shape == attribute for o in scene.objects)
-    return f"how many {PLURALS[attribute]} are there", COUNT_WORDS[count]
+        counted = tuple(o for o in scene.objects if o.colour == attribute)
+        return f"how many {attribute} objects are there", COUNT_WORDS[len(counted)], (counted,)
+    counted = tuple(o for o in scene.objects if o.shape == attribute)
+    return f"how many {PLURALS[attribute]} are there", COUNT_WORDS[len(counted)], (counted,)
 
 
 def _ask_presence(scene: Scene, rng: np.random.Generator):
@@ -138,13 +156,14 @@ def _ask_presence(scene: Scene, rng: np.random.Generator):
     present = {(o.colour, o.shape) for o in scene.objects}
     if rng.random() < 0.5:
         colour, shape = sorted(present)[rng.integers(len(present))]
-        return f"is there a {colour} {shape}", "yes"
+        named = tuple(o for o in scene.objects if (o.colour, o.shape) == (colour, shape))
+        return f"is there a {colour} {shape}", "yes", (named,)
     near = sorted(
         (c, s) for c in COLOURS for s in SHAPES
         if (c, s) not in present and any(c == o.colour or s == o.shape for o in scene.objects)
     )
     colour, shape = near[rng.integers(len(near))]
-    return f"is there a {colour} {shape}", "no"
+    return f"is there a {colour} {shape}", "no", ((),)
 
 
 def _relation_pairs(scene: Scene) -> list[tuple[SceneObject, SceneObject]]:
@@ -161,7 +180,7 @@ def _ask_relation(scene: Scene, rng: np.random.Generator):
         return None
     first, second = pairs[rng.integers(len(pairs))]
     question = f"is the {first.colour} {first.shape} left of the {second.colour} {second.shape}"
-    return question, "yes" if first.x < second.x else "no"
+    return question, "yes" if first.x < second.x else "no", ((first,), (second,))
 
 
 ASK = {
