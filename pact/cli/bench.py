@@ -309,13 +309,14 @@ def _add_quality(commands) -> None:
                         metavar="R,R", help="target fractions of visual tokens removed")
     parser.add_argument("--examples", type=int, default=1000,
                         help="test examples scored per point")  # fmt: skip
-    parser.add_argument("--layer", type=int, default=2,
-                        help="decoder layer of single-stage methods (default: 2 of 8)")  # fmt: skip
+    parser.add_argument("--layer", type=int, default=1,
+                        help="decoder layer of single-stage methods (default: 1 of the "
+                        "shipped model's 6; see docs/quality.md)")  # fmt: skip
     parser.add_argument("--model", metavar="DIR",
                         help="a trained model folder (default: the shipped weights)")  # fmt: skip
     parser.add_argument("--batch-size", type=int, default=64, help="examples per forward")
     parser.add_argument("--calibration", type=int, default=32,
-                        help="test examples that tune image-dependent knobs")  # fmt: skip
+                        help="validation images that tune image-dependent knobs")  # fmt: skip
     parser.add_argument("--tune-steps", type=int, default=7, help="tries per tuning")
     _add_bench_options(parser, _quality, seed=False)  # fixed splits: nothing to seed
 

@@ -116,22 +116,27 @@ def speed(report: dict[str, Any]) -> None:
 
 
 def quality(report: dict[str, Any]) -> None:
-    """Methods x target ratios: relative accuracy and the measured ratio of each cell."""
+    """Methods x target ratios: relative accuracy, its 95% interval and the measured ratio
+    of each cell; then which methods the intervals tell apart."""
     from pact.bench.quality.report import RELATIVE, x_value
 
     def cell(row: dict | None) -> str:
         if row is None:
             return "-"
-        relative = row["relative_accuracy"]  # None when the unreduced model scored 0
-        shown = "n/a" if relative is None else f"{relative:.3f}"
-        return f"{shown} ({x_value(row):.2f})"
+        if row["relative_accuracy"] is None:  # the unreduced model scored 0
+            return f"n/a ({x_value(row):.2f})"
+        low, high = row["relative_interval"]
+        return f"{row['relative_accuracy']:.3f} [{low:.2f},{high:.2f}] ({x_value(row):.2f})"
 
     targets = sorted({row["target"] for row in report["rows"]})
     rows = []
     for method in dict.fromkeys(row["method"] for row in report["rows"]):
         cells = {row["target"]: row for row in report["rows"] if row["method"] == method}
         rows.append((method, *(cell(cells.get(target)) for target in targets)))
-    before = [f"unreduced accuracy {report['unreduced_accuracy']:.4f} on {report['examples']} "
-              f"test examples; cells: {RELATIVE} (measured reduction ratio)"]  # fmt: skip
-    after = ["vtw's ratio is layer-averaged (it removes every visual token at one layer)"]
+    low, high = report["unreduced_interval"]
+    before = [f"unreduced accuracy {report['unreduced_accuracy']:.4f} [{low:.4f}, {high:.4f}] on "
+              f"{report['examples']} test examples; cells: {RELATIVE} [95% interval] "
+              "(measured reduction ratio)"]  # fmt: skip
+    after = ["vtw's and tome's ratios are layer-averaged (their removal differs by layer)",
+             *report["comparisons"], f"{report['seconds']} s on {report['threads']} threads"]
     print_table(("method", *(f"~{t:.0%} removed" for t in targets)), rows, before, after)

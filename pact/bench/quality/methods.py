@@ -11,10 +11,16 @@ removes about that fraction of the visual tokens:
   set of test images (:func:`pact.bench.tuning.tune`);
 * VTW removes every visual token at one layer: its knob is that layer, chosen so that the
   *layer-averaged* ratio is nearest the target, and its points are plotted on that axis.
+  ToMe, whose removal grows layer by layer, is tuned and plotted on that axis too: its
+  last stage's count would credit it with merges made after the decoder stopped reading
+  the image. Stages a preset places beyond the model's last layer are dropped (ToMe's
+  preset has one per layer for 8 layers).
 
-Single-stage methods reduce at ``layer`` (default 2 of the model's 8: the presets' layer 4
-of 28 scaled to this depth, rounded up); ToMe keeps its one stage per layer from layer 0.
-The reported ratio is the measured one over the whole evaluation set, never the target.
+Single-stage methods reduce at ``layer`` (default
+:data:`pact.models.shapes.model.REDUCTION_LAYER`, 1 of the model's 6);
+ToMe keeps its one stage per layer from layer 0. Knobs are tuned on validation images, never
+on the evaluated ones. The reported ratio is the measured one over the whole evaluation
+set, never the target.
 
 :data:`METHODS` is read when the command line builds ``pact bench quality``'s options (for
 ``pact --help`` too), so what runs a model is imported by the functions that run one.
@@ -43,6 +49,12 @@ class Method:
     increasing: bool = True  # removal grows with the knob
     single_stage: bool = True
 
+    @property
+    def layer_averaged(self) -> bool:
+        """Whether the method is tuned and plotted at its layer-averaged ratio (its removal
+        differs from layer to layer: VTW, progressive ToMe)."""
+        return self.setting == "layer" or not self.single_stage
+
 
 METHODS: dict[str, Method] = {
     "pact": Method("pact", "keep_ratio", "tuned", bounds=(0.02, 1.0), increasing=False),
@@ -70,10 +82,20 @@ class Setting:
     target: float
     value: float | int
     overrides: list[str]
+    layers: int
+    """Decoder layers of the model the setting is for."""
     tries: list = field(default_factory=list)
 
     def config(self) -> PactConfig:
-        return PactConfig.load(METHODS[self.method].preset, self.overrides)
+        return fitted(PactConfig.load(METHODS[self.method].preset, self.overrides), self.layers)
+
+
+def fitted(config: PactConfig, layers: int) -> PactConfig:
+    """``config`` without the stages it places at layers a ``layers``-deep decoder lacks."""
+    stages = [stage for stage in config.stages if stage.layer < layers]
+    if len(stages) == len(config.stages):
+        return config
+    return PactConfig(stages=stages)
 
 
 def overrides_for(name: str, value, layer: int) -> list[str]:
@@ -85,16 +107,14 @@ def overrides_for(name: str, value, layer: int) -> list[str]:
 
 def choose(model, calibration: dict, name: str, target: float, layer: int, steps: int) -> Setting:
     """The knob value of ``name`` that removes about ``target`` of the visual tokens."""
-    from pact.models.shapes.model import DECODER
-
     method = METHODS[name]
+    layers = model.config.text_config.num_hidden_layers
     if method.setting == "exact":
         value = round(1.0 - target, 6)
-        return Setting(name, target, value, overrides_for(name, value, layer))
+        return Setting(name, target, value, overrides_for(name, value, layer), layers)
     if method.setting == "layer":
-        layers = DECODER["layers"]
         value = min(layers - 1, max(1, round(layers * (1.0 - target))))
-        return Setting(name, target, value, overrides_for(name, value, layer))
+        return Setting(name, target, value, overrides_for(name, value, layer), layers)
     setting = _tuned(model, calibration, name, target, layer, steps)
     best = min(setting.tries, key=lambda pair: abs(pair[1] - target))[1]
     if name == "pact" and best > target + 0.02:
@@ -112,25 +132,30 @@ def _tuned(model, calibration: dict, name: str, target: float, layer: int, steps
     """Tune ``name``'s knob on the calibration batch (``extra`` overrides come first)."""
     import torch
 
+    from pact.bench.fidelity import layer_averaged_ratio
     from pact.bench.tuning import tune
     from pact.hooks import attached
 
     method = METHODS[name]
     preset = preset or method.preset
     bounds = bounds or method.bounds
+    layers = model.config.text_config.num_hidden_layers
 
     def overrides(value: float) -> list[str]:
         return [*extra, *overrides_for(name, value, layer)]
 
     def removal(value: float) -> float:
-        with attached(model, PactConfig.load(preset, overrides(value))) as handle:
+        config = fitted(PactConfig.load(preset, overrides(value)), layers)
+        with attached(model, config) as handle:
             with torch.no_grad():
                 model(**calibration, logits_to_keep=1, use_cache=False)
+            if method.layer_averaged:
+                return layer_averaged_ratio(layers, config, handle.stats.last)
             return handle.stats.reduction_ratio
 
     guess = (1.0 - target) if not method.increasing else (bounds[0] + bounds[1]) / 2
     value, _, tries = tune(removal, guess, bounds, target, steps, method.increasing)
-    return Setting(name, target, value, overrides(value), tries)
+    return Setting(name, target, value, overrides(value), layers, tries)
 
 
 def evaluate(model, items: tuple[Example, ...], config: PactConfig | None,
@@ -138,7 +163,6 @@ def evaluate(model, items: tuple[Example, ...], config: PactConfig | None,
     """Accuracy with ``config`` attached (``None``: the untouched model) and the ratios."""
     from pact.bench.fidelity import layer_averaged_ratio
     from pact.hooks import attached
-    from pact.models.shapes.model import DECODER
     from pact.models.shapes.score import predictions
 
     if config is None:
@@ -150,7 +174,8 @@ def evaluate(model, items: tuple[Example, ...], config: PactConfig | None,
     def after_batch(handle) -> None:
         stages = handle.stats.last
         weight = sum(stages[0].visual_in) if stages else 0
-        averaged.append((weight, layer_averaged_ratio(DECODER["layers"], config, stages)))
+        layers = model.config.text_config.num_hidden_layers
+        averaged.append((weight, layer_averaged_ratio(layers, config, stages)))
 
     with attached(model, config) as handle:
         right = predictions(model, items, batch_size, after_batch=lambda: after_batch(handle))
