@@ -1,4 +1,5 @@
-"""`pact run` (the README's main job) and the prefill benchmark, on tiny models."""
+"""`pact run` on tiny random-weight models (its default, the trained model, is in
+test_quality_cli.py) and the prefill benchmark."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def test_run_reports_the_reduction(capsys):
-    assert main(["run", "--max-new-tokens", "3"]) == 0
+    assert main(["run", "--model", "llava", "--max-new-tokens", "3"]) == 0
     out = capsys.readouterr().out
     tiny = build("llava")
     per_image = tiny.image_tokens()

@@ -173,6 +173,7 @@ def test_a_bad_set_value_is_named_before_any_model_work(command, item, field, ca
         raise AssertionError("a model was built before the config was checked")
 
     monkeypatch.setattr("pact.models.tiny.build", refuse)
+    monkeypatch.setattr("pact.models.shapes.model.load", refuse)
     assert main([*command, "--set", "keep_ratio=0.3", "--set", item]) == 2
     captured = capsys.readouterr()
     assert captured.out == ""

@@ -226,8 +226,8 @@ def test_cli_viz_writes_a_png_and_prints_the_counts(tmp_path, capsys):
     ("argv", "needle"),
     [
         (["--model", "llava_2"], "--model must be one of"),
-        (["--image", "32by32"], "--image must look like HxW"),
-        (["--image", "32x48"], "--image 32x48: llava images are square"),
+        (["--model", "llava", "--image", "32by32"], "--image must look like HxW"),
+        (["--model", "llava", "--image", "32x48"], "--image 32x48: llava images are square"),
         (["--out", "/no/such/dir/x.png"], "--out: directory"),
         (["--config", "none"], "--config 'none' reduced nothing"),
     ],

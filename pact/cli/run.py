@@ -1,9 +1,12 @@
-"""``pact run``: a config against no reduction, on a checkpoint or a built-in tiny VLM.
+"""``pact run``: a config against no reduction, on pact's trained VLM, a checkpoint or a
+built-in tiny VLM.
 
-On a checkpoint (a directory or hub id): one image and a prompt, the chat template, a
-greedy answer with pact attached and, unless told not to, once more without it. Without
-one: a built-in random-weight model generates on a small batch with and without the config
-(offline; a plumbing check, not a quality measure).
+By default (``--model shapes``): held-out questions to the trained model that ships with
+pact, answered with and without the config, and an overlay of what it kept
+(:mod:`pact.cli.run_shapes`). On a checkpoint (a directory or hub id): one image and a
+prompt, the chat template, a greedy answer with pact attached and, unless told not to,
+once more without it. On a built-in random-weight tiny model (``--model llava`` ...): a
+small batch with and without the config (offline; a plumbing check, not a quality measure).
 """
 
 from __future__ import annotations
@@ -16,12 +19,14 @@ from typing import Any
 
 from pact.cli.options import (
     add_config_options,
+    check_at_least_one,
     check_tiny_family,
     config_from_args,
     config_label,
     positive_int,
     print_table,
 )
+from pact.cli.run_shapes import SHAPES, is_shapes, run_shapes, shapes_config
 from pact.config import PactConfig
 from pact.hooks.families import families_with
 
@@ -36,19 +41,31 @@ def add_run(commands) -> None:
     """Add ``pact run`` to the top-level ``commands``."""
     parser = commands.add_parser(
         "run",
-        help="one image and a prompt on a checkpoint -> answer and reduction stats; "
-        "without a checkpoint, a built-in tiny VLM next to no reduction (offline)",
-        description="On a checkpoint (a directory or hub id): one image and a prompt, a "
-        "greedy answer with pact attached and, unless --no-compare, without it. Without one: "
-        "a built-in random-weight VLM generates on a small batch with and without the config "
-        "(offline; a plumbing check, not a quality measure).",
+        help="answers with and without a config: pact's trained VLM on held-out scenes "
+        "(default, offline), a checkpoint, or a built-in tiny VLM",
+        description="By default, pact's trained VLM (shipped, offline) answers held-out "
+        "questions with and without the config; the table shows the visual tokens each answer "
+        "kept and --out gets an overlay of the first scene (a single-stage config reduces at "
+        "layer 1 of its 6 unless --set layer=N says otherwise). On a checkpoint (a directory or "
+        "hub id): one image and a prompt, a greedy answer with pact attached and, unless "
+        "--no-compare, without it. On a built-in random-weight VLM: a small batch with and "
+        "without the config (a plumbing check, not a quality measure).",
     )
     parser.add_argument(
         "--model",
-        default="llava",
-        help="checkpoint (local directory or hub id owner/name) or built-in tiny family "
+        default=SHAPES,
+        help=f"{SHAPES} (pact's trained VLM; {SHAPES}:DIR for one you trained), a checkpoint "
+        "(local directory or hub id owner/name) or a built-in tiny family "
         f"({', '.join(families_with(tiny=True))}; also tiny:NAME) (default: %(default)s)",
     )
+    parser.add_argument("--scenes", type=int, default=6,
+                        help=f"held-out questions to ask ({SHAPES} only) (default: %(default)s)")
+    parser.add_argument("--first", type=int, default=0,
+                        help=f"index of the first test question ({SHAPES} only) "
+                        "(default: %(default)s)")  # fmt: skip
+    parser.add_argument("--out", default="pact-run.png",
+                        help=f"overlay PNG of the first scene ({SHAPES} only) "
+                        "(default: %(default)s)")  # fmt: skip
     parser.add_argument("--image", help="image file (checkpoints only)")
     parser.add_argument("--prompt", help="question about the image (checkpoints only; "
                         "default: 'Describe this image.')")  # fmt: skip
@@ -68,6 +85,8 @@ def add_run(commands) -> None:
 
 
 def run_command(args: argparse.Namespace) -> int:
+    if is_shapes(args.model):
+        return _run_shapes(args)
     from pact.models import checkpoint  # imports torch
 
     if not checkpoint.is_checkpoint(args.model) and (args.image or args.prompt):
@@ -86,6 +105,24 @@ def run_command(args: argparse.Namespace) -> int:
     )
     print_demo(family, args.text, baseline, reduced)
     return 0
+
+
+def _run_shapes(args: argparse.Namespace) -> int:
+    """Checks made before any model work, then :func:`~pact.cli.run_shapes.run_shapes`."""
+    from pathlib import Path
+
+    if args.image or args.prompt:
+        raise ValueError(f"--image/--prompt need a checkpoint --model; {args.model!r} asks "
+                         "its own held-out questions")  # fmt: skip
+    check_at_least_one(args, ("scenes",))
+    if args.first < 0:
+        raise ValueError(f"--first must be at least 0; got {args.first}")
+    folder = args.model.partition(":")[2]
+    if folder and not (Path(folder) / "config.json").is_file():
+        raise ValueError(f"--model {args.model!r}: no trained model in {folder!r}")
+    if not Path(args.out).resolve().parent.is_dir():
+        raise ValueError(f"--out: folder of {args.out!r} does not exist")
+    return run_shapes(args, shapes_config(args))
 
 
 # ------------------------------------------------------------------ a built-in tiny model

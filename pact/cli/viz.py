@@ -1,4 +1,5 @@
-"""``pact viz``: draw what a config prunes and merges on a built-in tiny VLM's image."""
+"""``pact viz``: draw what a config prunes and merges on an image: by default a held-out
+scene of pact's trained VLM, or a built-in tiny VLM's random image."""
 
 from __future__ import annotations
 
@@ -7,7 +8,14 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pact.cli.options import add_config_options, check_tiny_family, config_from_args, positive_int
+from pact.cli.options import (
+    add_config_options,
+    check_tiny_family,
+    config_from_args,
+    config_label,
+    positive_int,
+)
+from pact.cli.run_shapes import SHAPES, is_shapes
 from pact.hooks.families import families_with
 
 if TYPE_CHECKING:
@@ -21,15 +29,21 @@ def add_viz(commands) -> None:
     """Add ``pact viz`` to the top-level ``commands``."""
     parser = commands.add_parser(
         "viz",
-        help="draw the pruned tokens and merged clusters on a tiny VLM's image (PNG)",
-        description="Run a config once on one image of a built-in random-weight VLM and draw "
-        f"where it lands: {LEGEND}.",
+        help="draw the pruned tokens and merged clusters on an image (PNG, titled, with a legend)",
+        description="Run a config once on one image and draw where it lands: by default a "
+        "held-out scene of pact's trained VLM (the question, its answers with and without the "
+        f"config in the title; a single-stage config reduces at layer 1 of its 6 unless --set "
+        f"layer=N says otherwise), or a built-in random-weight VLM's image. {LEGEND}.",
     )
     parser.add_argument(
         "--model",
-        default="llava",
-        help=f"tiny model family: {', '.join(families_with(tiny=True))} (default: %(default)s)",
+        default=SHAPES,
+        help=f"{SHAPES} (pact's trained VLM; {SHAPES}:DIR for one you trained) or a tiny model "
+        f"family: {', '.join(families_with(tiny=True))} (default: %(default)s)",
     )
+    parser.add_argument("--scene", type=int, default=0,
+                        help=f"test question whose scene is drawn ({SHAPES} only) "
+                        "(default: %(default)s)")  # fmt: skip
     parser.add_argument("--text", default="qwen2", help="text decoder of llava-style models")
     add_config_options(parser)
     parser.add_argument("--out", default="pact-viz.png", help="PNG file to write")
@@ -42,10 +56,12 @@ def add_viz(commands) -> None:
 
 
 def viz_command(args: argparse.Namespace) -> int:
-    family = check_tiny_family(args.model)
     path = Path(args.out)
     if not path.parent.is_dir():
         raise ValueError(f"--out: directory {str(path.parent)!r} does not exist")
+    if is_shapes(args.model):
+        return _viz_shapes(args, path)
+    family = check_tiny_family(args.model)
     config = config_from_args(args)
     size = parse_size(args.image)
     rendering, stages = run_viz(
@@ -62,6 +78,34 @@ def viz_command(args: argparse.Namespace) -> int:
         f"clusters -> {survivors} tokens"
     )
     print("\n".join([*stages, f"legend: {LEGEND}"]))
+    return 0
+
+
+def _viz_shapes(args: argparse.Namespace, path: Path) -> int:
+    """The overlay of test question ``--scene``'s image, titled with its answers."""
+    from pact.cli.run_shapes import shapes_answers, shapes_config, shapes_overlay
+    from pact.models.shapes.model import load
+    from pact.models.shapes.score import examples
+
+    if args.image:
+        raise ValueError(f"--image sets a tiny model's image size; {args.model!r} draws a scene")
+    if args.scene < 0:
+        raise ValueError(f"--scene must be at least 0; got {args.scene}")
+    config = shapes_config(args)  # checked before the model loads
+
+    model = load(args.model.partition(":")[2] or None)
+    example = examples("test", args.scene + 1)[args.scene]
+    answers = shapes_answers(model, [example], config)
+    label = config_label(args)
+    title = (f"{label}, test scene {args.scene}: {example.question} -> {answers.reduced[0]} "
+             f"(unreduced {answers.unreduced[0]}, true {example.answer})")  # fmt: skip
+    counts = shapes_overlay(model, example, config, path, title, scale=args.scale or 4)
+    if counts is None:
+        raise ValueError(f"--config {label!r} reduced nothing on this model: nothing to draw")
+    survivors = counts["kept_alone"] + counts["clusters"]
+    print(f"wrote {path}: {title}\nvisual tokens {counts['visual_tokens']}: pruned "
+          f"{counts['pruned']}, kept alone {counts['kept_alone']}, merged {counts['merged']} "
+          f"into {counts['clusters']} clusters -> {survivors} tokens\nlegend: {LEGEND}")
     return 0
 
 
@@ -89,7 +133,7 @@ def run_viz(out: Path, family: str, text: str, config: PactConfig, name: str,
 
     from pact.hooks import attached
     from pact.models.tiny import build
-    from pact.viz import render
+    from pact.viz import captioned, render
 
     try:
         tiny = build(family, text=text, seed=seed, image_size=size)
@@ -109,5 +153,6 @@ def run_viz(out: Path, family: str, text: str, config: PactConfig, name: str,
             f"{s.after_merge[0]} out"
             for stage, s in zip(config.stages, handle.stats.last, strict=False)
         ]
-    rendering.image.save(out, format="PNG")
+    title = f"tiny random-weight {family} ({text} decoder), config {name}"
+    captioned(rendering.image, title, rendering.counts).save(out, format="PNG")
     return rendering, stages
