@@ -178,6 +178,12 @@ class PactConfig(BaseModel):
         """A new config with ``path=value`` overrides applied and everything revalidated."""
         return PactConfig.load(self, overrides)
 
+    def within(self, layers: int) -> PactConfig:
+        """This config without the stages it places at layer ``layers`` or later (a decoder
+        of ``layers`` layers has none there; presets are written for 28)."""
+        stages = [stage for stage in self.stages if stage.layer < layers]
+        return self if len(stages) == len(self.stages) else PactConfig(stages=stages)
+
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 

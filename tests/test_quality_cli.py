@@ -69,8 +69,13 @@ def test_comparisons_name_overlapping_intervals_and_pact_against_random():
     cells = [("pact", 0.95, [0.9, 1.0]), ("euti", 0.92, [0.88, 0.96]), ("random", 0.5, [0.4, 0.6])]
     rows = [{"method": m, "target": 0.9, "relative_accuracy": a, "relative_interval": i}
             for m, a, i in cells]  # fmt: skip
+    rows.append({"method": "dbscan", "target": 0.9, "relative_accuracy": 0.99,
+                 "relative_interval": [0.98, 1.0], "reduction_ratio": 0.8})
+    for row in rows[:3]:
+        row["reduction_ratio"] = 0.9
     (line,) = comparisons({"rows": rows})
-    assert "best pact 0.950" in line and "overlap it: euti" in line and "random: apart" in line
+    assert "highest pact 0.950" in line and "apart from it: euti" in line
+    assert "random: apart" in line and "left out: dbscan (0.80)" in line
     assert overlap([0, 1], [1, 2]) and not overlap([0, 1], [1.01, 2])
 
 

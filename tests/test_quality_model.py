@@ -10,9 +10,10 @@ import torch
 from pact.bench.quality import methods as bench
 from pact.hooks import attached
 from pact.models.shapes import model as quality_model
-from pact.models.shapes.model import REDUCTION_LAYER, batch, card_figures, load
+from pact.models.shapes.model import batch, card_figures, load
 from pact.models.shapes.questions import KINDS
 from pact.models.shapes.score import SUBSET, blind_accuracy, examples, predictions
+from pact.models.shapes.spec import REDUCTION_LAYER
 
 LAYER = REDUCTION_LAYER  # `pact bench quality`'s
 

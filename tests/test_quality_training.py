@@ -14,9 +14,6 @@ from pact.models.shapes import card as quality_card
 from pact.models.shapes import train
 from pact.models.shapes.guidance import AttentionGuide
 from pact.models.shapes.model import (
-    GRID,
-    IMAGE_TOKENS,
-    PATCH_PX,
     answer_logits,
     batch,
     card_figures,
@@ -29,6 +26,7 @@ from pact.models.shapes.packing import IGNORE, describe, kept_patches, pack
 from pact.models.shapes.questions import KINDS, TOKEN_IDS, make_examples, make_scene
 from pact.models.shapes.scenes import COLOURS, IMAGE_PX, SHAPES
 from pact.models.shapes.score import examples, predictions
+from pact.models.shapes.spec import GRID, IMAGE_TOKENS, PATCH_PX
 from pact.models.shapes.vision import VisionSettings, object_patches, token_targets, train_vision
 
 pytestmark = pytest.mark.usefixtures("single_thread")

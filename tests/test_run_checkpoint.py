@@ -149,7 +149,7 @@ def test_run_argument_errors(checkpoint, tmp_path, capsys):
     code, _, err = _run(capsys, "--model", str(empty), "--image", str(png))
     assert code == 2 and f"--model {str(empty)!r} cannot be loaded" in err
     code, _, err = _run(capsys, "--model", "llava", "--image", str(png))
-    assert code == 2 and "--image/--prompt need a checkpoint" in err
+    assert code == 2 and "--image applies to checkpoint models" in err
     code, _, err = _run(capsys, "--model", str(path), "--image", str(png), "--set", "layer=99")
     assert code == 2 and "layer 99 is out of range" in err
     if not torch.cuda.is_available():

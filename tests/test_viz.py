@@ -213,7 +213,7 @@ def test_cli_viz_writes_a_png_and_prints_the_counts(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert f"wrote {out}" in printed
-    counts_line = next(line for line in printed.splitlines() if line.startswith("visual tokens"))
+    counts_line = next(line for line in printed.splitlines() if " visual tokens: " in line)
     numbers = [int(word.strip(":,")) for word in counts_line.split() if word.strip(":,").isdigit()]
     total, pruned, alone, merged, clusters, survivors = numbers
     assert total == build("llava_next", layers=1).image_tokens((32, 48))
@@ -229,7 +229,7 @@ def test_cli_viz_writes_a_png_and_prints_the_counts(tmp_path, capsys):
         (["--model", "llava", "--image", "32by32"], "--image must look like HxW"),
         (["--model", "llava", "--image", "32x48"], "--image 32x48: llava images are square"),
         (["--out", "/no/such/dir/x.png"], "--out: directory"),
-        (["--config", "none"], "--config 'none' reduced nothing"),
+        (["--config", "none"], "--config 'none' reduces nothing"),
     ],
 )
 def test_cli_viz_errors_name_the_argument(argv, needle, tmp_path, capsys):

@@ -346,7 +346,7 @@ def _quality(args: argparse.Namespace) -> int:
 def _check_quality_numbers(args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from pact.models.shapes.model import DECODER, WEIGHTS_NAME
+    from pact.models.shapes.spec import DECODER, WEIGHTS_NAME
 
     check_at_least_one(args, ("examples", "batch_size", "calibration", "tune_steps"))
     if not 0 <= args.layer < DECODER["layers"]:

@@ -60,6 +60,17 @@ def check_at_least_one(args: argparse.Namespace, options: tuple[str, ...]) -> No
             raise ValueError(f"--{option.replace('_', '-')} must be at least 1; got {value}")
 
 
+def refuse_inapplicable(args: argparse.Namespace, kind: str,
+                        applies_to: dict[str, tuple[str, ...]]) -> None:  # fmt: skip
+    """A ValueError for the first option given (not None) that ``applies_to`` does not
+    list for this ``kind`` of ``--model``: an option is never silently ignored."""
+    for name, kinds in applies_to.items():
+        if getattr(args, name) is not None and kind not in kinds:
+            option = "--" + name.replace("_", "-")
+            raise ValueError(f"{option} applies to {' and '.join(kinds)} models; --model "
+                             f"{args.model!r} is a {kind} model")  # fmt: skip
+
+
 def check_tiny_family(family: str, option: str = "--model") -> str:
     """``family`` if it names a built-in tiny model, else a ValueError naming ``option``."""
     from pact.hooks.families import families_with

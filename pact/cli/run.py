@@ -19,22 +19,33 @@ from typing import Any
 
 from pact.cli.options import (
     add_config_options,
-    check_at_least_one,
     check_tiny_family,
     config_from_args,
     config_label,
     positive_int,
     print_table,
+    refuse_inapplicable,
 )
-from pact.cli.run_shapes import SHAPES, is_shapes, run_shapes, shapes_config
+from pact.cli.run_shapes import SHAPES_MODEL, check_shapes_args, is_shapes, run_shapes
 from pact.config import PactConfig
 from pact.hooks.families import families_with
+from pact.models.shapes.spec import DECODER, REDUCTION_LAYER
 
 DEMO_ROWS = (
     ["text:6", "image", "text:8"],
     ["text:3", "image", "text:5", "image", "text:4"],
 )
 """Two rows of different lengths and image counts (left-padded into one batch)."""
+
+
+APPLIES_TO = {
+    "scenes": ("trained",), "first": ("trained",), "out": ("trained",),
+    "image": ("checkpoint",), "prompt": ("checkpoint",), "dtype": ("checkpoint",),
+    "attn": ("checkpoint",), "compare": ("checkpoint",), "text": ("tiny",), "seed": ("tiny",),
+    "max_new_tokens": ("tiny", "checkpoint"), "device": ("trained", "checkpoint"),
+}  # fmt: skip
+"""The kinds of ``--model`` each option means something for; given with another kind, an
+option is an error, never silently ignored."""
 
 
 def add_run(commands) -> None:
@@ -45,84 +56,63 @@ def add_run(commands) -> None:
         "(default, offline), a checkpoint, or a built-in tiny VLM",
         description="By default, pact's trained VLM (shipped, offline) answers held-out "
         "questions with and without the config; the table shows the visual tokens each answer "
-        "kept and --out gets an overlay of the first scene (a single-stage config reduces at "
-        "layer 1 of its 6 unless --set layer=N says otherwise). On a checkpoint (a directory or "
-        "hub id): one image and a prompt, a greedy answer with pact attached and, unless "
-        "--no-compare, without it. On a built-in random-weight VLM: a small batch with and "
-        "without the config (a plumbing check, not a quality measure).",
+        "kept and --out gets an overlay of the first scene (a single-stage preset is placed "
+        f"at layer {REDUCTION_LAYER} of the model's {DECODER['layers']} unless --set layer=N "
+        "says otherwise; the printed config shows it). On a checkpoint (a directory or hub id): "
+        "one image and a prompt, a greedy answer with pact attached and, unless --no-compare, "
+        "without it. On a built-in random-weight VLM: a small batch with and without the "
+        "config (a plumbing check, not a quality measure).",
     )
-    parser.add_argument(
-        "--model",
-        default=SHAPES,
-        help=f"{SHAPES} (pact's trained VLM; {SHAPES}:DIR for one you trained), a checkpoint "
-        "(local directory or hub id owner/name) or a built-in tiny family "
-        f"({', '.join(families_with(tiny=True))}; also tiny:NAME) (default: %(default)s)",
-    )
-    parser.add_argument("--scenes", type=int, default=6,
-                        help=f"held-out questions to ask ({SHAPES} only) (default: %(default)s)")
-    parser.add_argument("--first", type=int, default=0,
-                        help=f"index of the first test question ({SHAPES} only) "
-                        "(default: %(default)s)")  # fmt: skip
-    parser.add_argument("--out", default="pact-run.png",
-                        help=f"overlay PNG of the first scene ({SHAPES} only) "
-                        "(default: %(default)s)")  # fmt: skip
-    parser.add_argument("--image", help="image file (checkpoints only)")
-    parser.add_argument("--prompt", help="question about the image (checkpoints only; "
-                        "default: 'Describe this image.')")  # fmt: skip
-    parser.add_argument("--text", default="qwen2", help="text decoder of llava-style tiny models")
+    add = parser.add_argument
+    add("--model", default=SHAPES_MODEL,
+        help=f"{SHAPES_MODEL} (pact's trained VLM; {SHAPES_MODEL}:DIR for one you trained), a "
+        "checkpoint (local directory or hub id owner/name) or a built-in tiny family "
+        f"({', '.join(families_with(tiny=True))}; also tiny:NAME) (default: %(default)s)")
+    add("--scenes", type=int, help="held-out questions to ask (trained model; default: 6)")
+    add("--first", type=int, help="index of the first test question (trained model; default: 0)")
+    add("--out", help="overlay PNG of the first scene (trained model; default: pact-run.png)")
+    add("--image", help="image file (checkpoints; required there)")
+    add("--prompt", help="question about the image (checkpoints; default: 'Describe this "
+        "image.')")
+    add("--text", choices=("qwen2", "llama", "mistral", "phi3"),
+        help="text decoder of llava-style tiny models (default: qwen2)")
     add_config_options(parser)
-    parser.add_argument("--max-new-tokens", type=positive_int,
-                        help="greedy tokens (default: 8 tiny, 32 checkpoint)")  # fmt: skip
-    parser.add_argument("--seed", type=int, default=0, help="seed of tiny weights and inputs")
-    parser.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
-    parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"),
-                        default="auto", help="auto: bfloat16 on cuda, float32 on cpu")  # fmt: skip
-    parser.add_argument("--attn", choices=("sdpa", "eager", "flash_attention_2"), default="sdpa",
-                        help="attention implementation to load the checkpoint with")  # fmt: skip
-    parser.add_argument("--compare", action=argparse.BooleanOptionalAction, default=True,
-                        help="also generate without pact; say whether answers match")  # fmt: skip
+    add("--max-new-tokens", type=positive_int,
+        help="greedy tokens (tiny models and checkpoints; default: 8 tiny, 32 checkpoint)")
+    add("--seed", type=int, help="seed of tiny weights and inputs (default: 0)")
+    add("--device", choices=("cpu", "cuda"),
+        help="trained model and checkpoints (default: cuda when available, else cpu)")
+    add("--dtype", choices=("auto", "float32", "bfloat16", "float16"),
+        help="checkpoints (default: auto: bfloat16 on cuda, float32 on cpu)")
+    add("--attn", choices=("sdpa", "eager", "flash_attention_2"),
+        help="attention implementation to load a checkpoint with (default: sdpa)")
+    add("--compare", action=argparse.BooleanOptionalAction,
+        help="checkpoints: also generate without pact and say whether answers match "
+        "(default: --compare)")
     parser.set_defaults(run=run_command)
 
 
 def run_command(args: argparse.Namespace) -> int:
-    if is_shapes(args.model):
-        return _run_shapes(args)
     from pact.models import checkpoint  # imports torch
 
-    if not checkpoint.is_checkpoint(args.model) and (args.image or args.prompt):
-        raise ValueError(
-            f"--image/--prompt need a checkpoint --model (a directory or hub id owner/name); "
-            f"{args.model!r} is a built-in tiny model"
-        )
+    if is_shapes(args.model):
+        kind = "trained"
+    else:
+        kind = "checkpoint" if checkpoint.is_checkpoint(args.model) else "tiny"
+    refuse_inapplicable(args, kind, APPLIES_TO)
+    if kind == "trained":
+        return run_shapes(args, check_shapes_args(args))
     config = config_from_args(args)  # a bad --config or --set fails before any model work
-    if checkpoint.is_checkpoint(args.model):
+    if kind == "checkpoint":
         reduced, baseline, model = run_checkpoint(args, config)
         print(checkpoint_report(args, reduced, baseline, model))
         return 0
     family = check_tiny_family(args.model.removeprefix(checkpoint.BUILTIN_PREFIX))
-    baseline, reduced = run_demo(
-        family, args.text, config, args.config, args.max_new_tokens or 8, seed=args.seed
-    )
-    print_demo(family, args.text, baseline, reduced)
+    text = args.text or "qwen2"
+    baseline, reduced = run_demo(family, text, config, args.config, args.max_new_tokens or 8,
+                                 seed=args.seed or 0)  # fmt: skip
+    print_demo(family, text, baseline, reduced)
     return 0
-
-
-def _run_shapes(args: argparse.Namespace) -> int:
-    """Checks made before any model work, then :func:`~pact.cli.run_shapes.run_shapes`."""
-    from pathlib import Path
-
-    if args.image or args.prompt:
-        raise ValueError(f"--image/--prompt need a checkpoint --model; {args.model!r} asks "
-                         "its own held-out questions")  # fmt: skip
-    check_at_least_one(args, ("scenes",))
-    if args.first < 0:
-        raise ValueError(f"--first must be at least 0; got {args.first}")
-    folder = args.model.partition(":")[2]
-    if folder and not (Path(folder) / "config.json").is_file():
-        raise ValueError(f"--model {args.model!r}: no trained model in {folder!r}")
-    if not Path(args.out).resolve().parent.is_dir():
-        raise ValueError(f"--out: folder of {args.out!r} does not exist")
-    return run_shapes(args, shapes_config(args))
 
 
 # ------------------------------------------------------------------ a built-in tiny model
@@ -253,7 +243,8 @@ def run_checkpoint(args: argparse.Namespace, config: PactConfig):
     from pact.models import checkpoint
 
     image = checkpoint.load_image(args.image)
-    processor, model = checkpoint.load(args.model, args.device, args.dtype, args.attn)
+    processor, model = checkpoint.load(args.model, args.device, args.dtype or "auto",
+                                       args.attn or "sdpa")
     prompt = args.prompt or "Describe this image."
     inputs = checkpoint.build_inputs(processor, image, prompt, model.device, model.dtype)
     new_tokens = args.max_new_tokens or 32
@@ -264,7 +255,8 @@ def run_checkpoint(args: argparse.Namespace, config: PactConfig):
         # pact raises TypeError for model structures it does not support; main() turns
         # ValueError into exit code 2, so name the argument and re-raise as one.
         raise ValueError(f"--model {args.model!r}: {error}") from error
-    baseline = generate(model, processor, inputs, new_tokens) if args.compare else None
+    compare = args.compare is not False  # default on
+    baseline = generate(model, processor, inputs, new_tokens) if compare else None
     return reduced, baseline, model
 
 

@@ -126,7 +126,7 @@ def quality(report: dict[str, Any]) -> None:
         if row["relative_accuracy"] is None:  # the unreduced model scored 0
             return f"n/a ({x_value(row):.2f})"
         low, high = row["relative_interval"]
-        return f"{row['relative_accuracy']:.3f} [{low:.2f},{high:.2f}] ({x_value(row):.2f})"
+        return f"{row['relative_accuracy']:.3f} [{low:.3f},{high:.3f}] ({x_value(row):.2f})"
 
     targets = sorted({row["target"] for row in report["rows"]})
     rows = []

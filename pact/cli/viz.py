@@ -8,21 +8,25 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pact.cli.drawing import Drawn, counts_sentence, draw_reduction
 from pact.cli.options import (
     add_config_options,
     check_tiny_family,
     config_from_args,
     config_label,
     positive_int,
+    refuse_inapplicable,
 )
-from pact.cli.run_shapes import SHAPES, is_shapes
+from pact.cli.run_shapes import SHAPES_MODEL, is_shapes
 from pact.hooks.families import families_with
+from pact.models.shapes.spec import DECODER, REDUCTION_LAYER
 
 if TYPE_CHECKING:
     from pact.config import PactConfig
-    from pact.viz import Rendering
 
 LEGEND = "pruned: darkened and hatched; merged: one colour per cluster; kept alone: unchanged"
+APPLIES_TO = {"scene": ("trained",), "text": ("tiny",), "image": ("tiny",), "seed": ("tiny",)}
+"""The kinds of ``--model`` each option means something for (others: an error)."""
 
 
 def add_viz(commands) -> None:
@@ -32,26 +36,23 @@ def add_viz(commands) -> None:
         help="draw the pruned tokens and merged clusters on an image (PNG, titled, with a legend)",
         description="Run a config once on one image and draw where it lands: by default a "
         "held-out scene of pact's trained VLM (the question, its answers with and without the "
-        f"config in the title; a single-stage config reduces at layer 1 of its 6 unless --set "
-        f"layer=N says otherwise), or a built-in random-weight VLM's image. {LEGEND}.",
+        f"config in the title; a single-stage preset is placed at layer {REDUCTION_LAYER} of "
+        f"the model's {DECODER['layers']} unless --set layer=N says otherwise), or a built-in "
+        f"random-weight VLM's image. {LEGEND}.",
     )
-    parser.add_argument(
-        "--model",
-        default=SHAPES,
-        help=f"{SHAPES} (pact's trained VLM; {SHAPES}:DIR for one you trained) or a tiny model "
-        f"family: {', '.join(families_with(tiny=True))} (default: %(default)s)",
-    )
-    parser.add_argument("--scene", type=int, default=0,
-                        help=f"test question whose scene is drawn ({SHAPES} only) "
-                        "(default: %(default)s)")  # fmt: skip
-    parser.add_argument("--text", default="qwen2", help="text decoder of llava-style models")
+    add = parser.add_argument
+    add("--model", default=SHAPES_MODEL,
+        help=f"{SHAPES_MODEL} (pact's trained VLM; {SHAPES_MODEL}:DIR for one you trained) or a "
+        f"tiny model family: {', '.join(families_with(tiny=True))} (default: %(default)s)")
+    add("--scene", type=int, help="test question whose scene is drawn (trained model; default: 0)")
+    add("--text", choices=("qwen2", "llama", "mistral", "phi3"),
+        help="text decoder of llava-style tiny models (default: qwen2)")
     add_config_options(parser)
-    parser.add_argument("--out", default="pact-viz.png", help="PNG file to write")
-    parser.add_argument("--image", metavar="HxW", help="image size in px (default: the family's)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of weights and pixels")
-    parser.add_argument(
-        "--scale", type=positive_int, help="pixels per image pixel (default: >= 256 px high)"
-    )
+    add("--out", default="pact-viz.png", help="PNG file to write")
+    add("--image", metavar="HxW", help="tiny models' image size in px (default: the family's)")
+    add("--seed", type=int, help="seed of tiny weights and pixels (default: 0)")
+    add("--scale", type=positive_int,
+        help="pixels per image pixel (default: 4 on the trained model, else >= 256 px high)")
     parser.set_defaults(run=viz_command)
 
 
@@ -59,53 +60,59 @@ def viz_command(args: argparse.Namespace) -> int:
     path = Path(args.out)
     if not path.parent.is_dir():
         raise ValueError(f"--out: directory {str(path.parent)!r} does not exist")
+    refuse_inapplicable(args, "trained" if is_shapes(args.model) else "tiny", APPLIES_TO)
     if is_shapes(args.model):
         return _viz_shapes(args, path)
     family = check_tiny_family(args.model)
-    config = config_from_args(args)
-    size = parse_size(args.image)
-    rendering, stages = run_viz(
-        path, family, args.text, config, args.config, size, args.seed, args.scale
-    )
-    counts = rendering.counts
-    width, height = rendering.image.size
-    survivors = counts["kept_alone"] + counts["clusters"]
-    print(
-        f"wrote {path} ({width}x{height} px): tiny random-weight {family} ({args.text} "
-        f"decoder), config {args.config}\n"
-        f"visual tokens {counts['visual_tokens']}: pruned {counts['pruned']}, kept alone "
-        f"{counts['kept_alone']}, merged {counts['merged']} into {counts['clusters']} "
-        f"clusters -> {survivors} tokens"
-    )
-    print("\n".join([*stages, f"legend: {LEGEND}"]))
+    config = _reducing(config_from_args(args), args)
+    text = args.text or "qwen2"
+    drawn = run_viz(path, family, text, config, args.config, parse_size(args.image),
+                    args.seed or 0, args.scale)  # fmt: skip
+    width, height = drawn.size
+    print(f"wrote {path} ({width}x{height} px): tiny random-weight {family} ({text} decoder), "
+          f"config {config_label(args)}\n{counts_sentence(drawn.counts)}")
+    print("\n".join([*drawn.stages, f"legend: {LEGEND}"]))
     return 0
+
+
+def _reducing(config: PactConfig, args: argparse.Namespace) -> PactConfig:
+    """``config`` if it has a stage: a config without one has nothing to draw."""
+    if not config.stages:
+        raise ValueError(f"--config {config_label(args)!r} reduces nothing: nothing to draw")
+    return config
 
 
 def _viz_shapes(args: argparse.Namespace, path: Path) -> int:
     """The overlay of test question ``--scene``'s image, titled with its answers."""
-    from pact.cli.run_shapes import shapes_answers, shapes_config, shapes_overlay
+    from pact.cli.run_shapes import (
+        check_trained_folder,
+        decoder_depth,
+        model_folder,
+        shapes_answers,
+        shapes_config,
+        shapes_overlay,
+    )
     from pact.models.shapes.model import load
     from pact.models.shapes.score import examples
 
-    if args.image:
-        raise ValueError(f"--image sets a tiny model's image size; {args.model!r} draws a scene")
-    if args.scene < 0:
-        raise ValueError(f"--scene must be at least 0; got {args.scene}")
-    config = shapes_config(args)  # checked before the model loads
-
-    model = load(args.model.partition(":")[2] or None)
-    example = examples("test", args.scene + 1)[args.scene]
+    scene = args.scene or 0
+    if scene < 0:
+        raise ValueError(f"--scene must be at least 0; got {scene}")
+    folder = model_folder(args.model)
+    check_trained_folder(folder, f"--model {args.model!r}")
+    config, notes = shapes_config(args, decoder_depth(folder))  # before the model loads
+    config = _reducing(config, args)
+    model = load(folder)
+    example = examples("test", scene + 1)[scene]
     answers = shapes_answers(model, [example], config)
     label = config_label(args)
-    title = (f"{label}, test scene {args.scene}: {example.question} -> {answers.reduced[0]} "
+    title = (f"{label}, test scene {scene}: {example.question} -> {answers.reduced[0]} "
              f"(unreduced {answers.unreduced[0]}, true {example.answer})")  # fmt: skip
-    counts = shapes_overlay(model, example, config, path, title, scale=args.scale or 4)
-    if counts is None:
+    drawn = shapes_overlay(model, example, config, path, title, scale=args.scale or 4)
+    if drawn is None:
         raise ValueError(f"--config {label!r} reduced nothing on this model: nothing to draw")
-    survivors = counts["kept_alone"] + counts["clusters"]
-    print(f"wrote {path}: {title}\nvisual tokens {counts['visual_tokens']}: pruned "
-          f"{counts['pruned']}, kept alone {counts['kept_alone']}, merged {counts['merged']} "
-          f"into {counts['clusters']} clusters -> {survivors} tokens\nlegend: {LEGEND}")
+    print("\n".join([*notes, f"wrote {path}: {title}", counts_sentence(drawn.counts),
+                     f"legend: {LEGEND}"]))  # fmt: skip
     return 0
 
 
@@ -123,17 +130,10 @@ def parse_size(text: str | None) -> tuple[int, int] | None:
 
 def run_viz(out: Path, family: str, text: str, config: PactConfig, name: str,
             size: tuple[int, int] | None = None, seed: int = 0,
-            scale: int | None = None) -> tuple[Rendering, list[str]]:  # fmt: skip
-    """Run ``config`` (named ``name`` in messages) once on one image of a tiny model, save
-    the overlay to ``out`` (PNG).
-
-    Returns the rendering and one line per stage of the handle's stats.
-    """
-    import torch
-
-    from pact.hooks import attached
+            scale: int | None = None) -> Drawn:  # fmt: skip
+    """Run ``config`` (named ``name`` in messages) once on one image of a tiny model and
+    save the captioned overlay to ``out`` (PNG); what was drawn."""
     from pact.models.tiny import build
-    from pact.viz import captioned, render
 
     try:
         tiny = build(family, text=text, seed=seed, image_size=size)
@@ -142,17 +142,8 @@ def run_viz(out: Path, family: str, text: str, config: PactConfig, name: str,
         shown = f"{size[0]}x{size[1]}" if size else ""
         raise ValueError(f"--image {shown}: {error}" if size else str(error)) from error
     batch = tiny.inputs([["text:4", "image", "text:4"]], seed=seed)
-    with attached(tiny.model, config) as handle, torch.no_grad():
-        tiny.model(**batch)
-        if handle.last_assignment is None:
-            raise ValueError(f"--config {name!r} reduced nothing on this model: nothing to draw")
-        rendering = render(handle, batch, row=0, scale=scale)
-        stages = [
-            f"stage at layer {stage.layer}: {s.visual_in[0]} visual tokens in, "
-            f"{s.after_prune[0]} after pruning, {s.retrieved[0]} retrieved, "
-            f"{s.after_merge[0]} out"
-            for stage, s in zip(config.stages, handle.stats.last, strict=False)
-        ]
     title = f"tiny random-weight {family} ({text} decoder), config {name}"
-    captioned(rendering.image, title, rendering.counts).save(out, format="PNG")
-    return rendering, stages
+    drawn = draw_reduction(tiny.model, batch, config, out, title, scale)
+    if drawn is None:
+        raise ValueError(f"--config {name!r} reduced nothing on this model: nothing to draw")
+    return drawn

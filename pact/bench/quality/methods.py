@@ -8,7 +8,7 @@ removes about that fraction of the visual tokens:
   are set to ``1 - target`` directly;
 * knobs whose effect depends on the image (PACT's EUTI keep ratio with DBDPC on top,
   DBDPC's cutoff, DBSCAN's eps, ToMe's per-layer merge ratio) are tuned on a calibration
-  set of test images (:func:`pact.bench.tuning.tune`);
+  set of validation images (:func:`pact.bench.tuning.tune`);
 * VTW removes every visual token at one layer: its knob is that layer, chosen so that the
   *layer-averaged* ratio is nearest the target, and its points are plotted on that axis.
   ToMe, whose removal grows layer by layer, is tuned and plotted on that axis too: its
@@ -87,15 +87,7 @@ class Setting:
     tries: list = field(default_factory=list)
 
     def config(self) -> PactConfig:
-        return fitted(PactConfig.load(METHODS[self.method].preset, self.overrides), self.layers)
-
-
-def fitted(config: PactConfig, layers: int) -> PactConfig:
-    """``config`` without the stages it places at layers a ``layers``-deep decoder lacks."""
-    stages = [stage for stage in config.stages if stage.layer < layers]
-    if len(stages) == len(config.stages):
-        return config
-    return PactConfig(stages=stages)
+        return PactConfig.load(METHODS[self.method].preset, self.overrides).within(self.layers)
 
 
 def overrides_for(name: str, value, layer: int) -> list[str]:
@@ -113,7 +105,7 @@ def choose(model, calibration: dict, name: str, target: float, layer: int, steps
         value = round(1.0 - target, 6)
         return Setting(name, target, value, overrides_for(name, value, layer), layers)
     if method.setting == "layer":
-        value = min(layers - 1, max(1, round(layers * (1.0 - target))))
+        value = min(layers - 1, max(0, round(layers * (1.0 - target))))
         return Setting(name, target, value, overrides_for(name, value, layer), layers)
     setting = _tuned(model, calibration, name, target, layer, steps)
     best = min(setting.tries, key=lambda pair: abs(pair[1] - target))[1]
@@ -145,7 +137,7 @@ def _tuned(model, calibration: dict, name: str, target: float, layer: int, steps
         return [*extra, *overrides_for(name, value, layer)]
 
     def removal(value: float) -> float:
-        config = fitted(PactConfig.load(preset, overrides(value)), layers)
+        config = PactConfig.load(preset, overrides(value)).within(layers)
         with attached(model, config) as handle:
             with torch.no_grad():
                 model(**calibration, logits_to_keep=1, use_cache=False)

@@ -111,25 +111,35 @@ def overlap(first: list[float], second: list[float]) -> bool:
     return first[0] <= second[1] and second[0] <= first[1]
 
 
+ON_TARGET = 0.03
+"""How far a row's measured ratio may lie from its target to be compared with the others
+at that target (a knob that cannot reach the target is left out, and said so)."""
+
+
 def comparisons(report: dict) -> list[str]:
-    """Per target ratio: the most accurate method, the methods whose relative-accuracy
-    intervals overlap its interval (not told apart), and where random pruning stands."""
+    """Per target ratio, among the rows whose measured ratio is within :data:`ON_TARGET`
+    of it: the highest relative accuracy, the methods whose intervals overlap its interval
+    (not told apart from it), whether pact and random pruning are apart, and the rows left
+    out for missing the target."""
     lines = []
     for target in sorted({row["target"] for row in report["rows"]}):
-        rows = [r for r in report["rows"] if r["target"] == target and r["relative_interval"]]
+        at_target = [r for r in report["rows"] if r["target"] == target and r["relative_interval"]]
+        rows = [r for r in at_target if abs(x_value(r) - target) <= ON_TARGET]
         if not rows:
             continue
-        best = max(rows, key=lambda r: r["relative_accuracy"])
+        top = max(rows, key=lambda r: r["relative_accuracy"])
+        low, high = top["relative_interval"]
         tied = [r["method"] for r in rows
-                if r is not best and overlap(r["relative_interval"], best["relative_interval"])]
-        text = (f"~{target:.0%} removed: best {best['method']} {best['relative_accuracy']:.3f} "
-                f"[{best['relative_interval'][0]:.3f}, {best['relative_interval'][1]:.3f}]; "
-                f"intervals overlap it: {', '.join(tied) or 'none'}")  # fmt: skip
-        random = next((r for r in rows if r["method"] == "random"), None)
-        pact = next((r for r in rows if r["method"] == "pact"), None)
-        if random is not None and pact is not None:
-            apart = not overlap(random["relative_interval"], pact["relative_interval"])
-            text += f"; pact vs random: {'apart' if apart else 'intervals overlap'}"
+                if r is not top and overlap(r["relative_interval"], top["relative_interval"])]
+        text = (f"~{target:.0%} removed: highest {top['method']} {top['relative_accuracy']:.3f} "
+                f"[{low:.3f}, {high:.3f}]; not told apart from it: {', '.join(tied) or 'none'}")
+        named = {r["method"]: r["relative_interval"] for r in rows}
+        if "random" in named and "pact" in named:
+            apart = not overlap(named["random"], named["pact"])
+            text += f"; pact vs random: {'apart' if apart else 'not told apart'}"
+        missed = [f"{r['method']} ({x_value(r):.2f})" for r in at_target if r not in rows]
+        if missed:
+            text += f"; off target, left out: {', '.join(missed)}"
         lines.append(text)
     return lines
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from pact.models.shapes.model import DECODER, IMAGE_TOKENS, PATCH_PX, VISION
 from pact.models.shapes.questions import ANSWERS, KINDS
 from pact.models.shapes.score import SUBSET, blind_accuracy, examples
+from pact.models.shapes.spec import DECODER, IMAGE_TOKENS, PATCH_PX, VISION
 
 
 def _blind(test: dict) -> str:

@@ -19,20 +19,9 @@ import transformers as hf
 
 from pact.models.shapes.questions import BOS_ID, EOS_ID, IMAGE_ID, PAD_ID, VOCAB, Example
 from pact.models.shapes.scenes import IMAGE_PX
+from pact.models.shapes.spec import DECODER, GRID, IMAGE_TOKENS, PATCH_PX, VISION, WEIGHTS_NAME
 
-PATCH_PX = 8
-GRID = IMAGE_PX // PATCH_PX
-IMAGE_TOKENS = GRID * GRID
-DECODER = dict(layers=6, hidden=128, heads=4, kv_heads=2, intermediate=384)
-VISION = dict(layers=2, hidden=96, heads=4, intermediate=256)
-REDUCTION_LAYER = 1
-"""Where pact's commands place a single-stage reduction on this model (``pact bench
-quality``, ``pact run``, ``pact viz``): the input of layer 1 of 6, the presets' layer 4 of
-28 scaled to this depth and rounded up. The decoder reads the image at layer 2 (guided
-there in training); from layer 3 on the visual tokens are no longer read, so any method
-placed there keeps every answer (docs/quality.md)."""
 ASSETS = "assets"  # package folder of the shipped weights, config and model card
-WEIGHTS_NAME = "model.safetensors"
 
 
 def model_config() -> hf.LlavaConfig:

@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from pact.models.shapes.model import GRID, IMAGE_TOKENS, PATCH_PX
 from pact.models.shapes.questions import BOS_ID, COUNT_WORDS, IMAGE_ID, PAD_ID, TOKEN_IDS, Example
 from pact.models.shapes.scenes import Scene, shape_mask
+from pact.models.shapes.spec import GRID, IMAGE_TOKENS, PATCH_PX
 from pact.models.shapes.vision import object_patches
 
 IGNORE = -100

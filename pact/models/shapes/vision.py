@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pact.models.shapes.model import GRID, PATCH_PX, pixel_values, visual_features
+from pact.models.shapes.model import pixel_values, visual_features
 from pact.models.shapes.questions import make_scene
 from pact.models.shapes.scenes import (
     COLOURS,
@@ -41,6 +41,7 @@ from pact.models.shapes.scenes import (
     SceneObject,
     shape_mask,
 )
+from pact.models.shapes.spec import GRID, PATCH_PX
 
 COVERED = 0.3
 """Fraction of a patch an object must cover for the patch to show that object."""
