@@ -141,6 +141,60 @@ class LayerInputs:
         return self.padding_mask & (index <= last_visual)
 
 
+def image_groups(visual_mask: Tensor) -> Tensor:
+    """``[B, N]`` long: which image of its row each visual token belongs to, -1 elsewhere.
+
+    An image is a maximal run of consecutive visual tokens (``visual_mask`` True): an
+    any-resolution image (base tile, crops and newline tokens) is one run, and the images of
+    a multi-image row are separate runs wherever any other token lies between them (Qwen-VL's
+    vision start/end tokens, the text or newline a chat template puts after a placeholder).
+    """
+    previous = torch.zeros_like(visual_mask)
+    previous[:, 1:] = visual_mask[:, :-1]
+    starts = visual_mask & ~previous
+    index = torch.cumsum(starts.long(), dim=1) - 1
+    return torch.where(visual_mask, index, -1)
+
+
+@dataclass
+class Budget:
+    """How many visual tokens a stage keeps, per group of visual tokens in each row.
+
+    A group is an image (a stage with ``keep_tokens``) or a row's whole set of visual tokens
+    (``keep_ratio``). Scorers whose choice depends on the count (DART) or on the groups
+    (DivPrune) read it; the pipeline keeps ``counts[b][g]`` best-scored tokens of group ``g``.
+    """
+
+    groups: Tensor
+    """``[B, N]`` long: group of each real visual token within its row, -1 elsewhere."""
+    counts: list[list[int]]
+    """Per row, per group (0, 1, ...): visual tokens kept."""
+
+    @classmethod
+    def whole_rows(cls, visual_mask: Tensor, keep: Callable[[int], int]) -> Budget:
+        """One group per row holding all its visual tokens, keeping ``keep(n)`` of ``n``."""
+        groups = torch.where(visual_mask, 0, -1)
+        counts = [[keep(int(n))] for n in visual_mask.sum(dim=1).tolist()]
+        return cls(groups, counts)
+
+    @classmethod
+    def per_image(cls, visual_mask: Tensor, tokens: int) -> Budget:
+        """One group per image (:func:`image_groups`), each keeping ``tokens`` (or all if fewer)."""
+        groups = image_groups(visual_mask)
+        counts = []
+        for row in groups:
+            sizes = torch.bincount(row[row >= 0]).tolist() if bool((row >= 0).any()) else []
+            counts.append([min(tokens, size) for size in sizes])
+        return cls(groups, counts)
+
+    def members(self, row: int) -> list[Tensor]:
+        """Sequence slots of each group of ``row``, ascending, in group order."""
+        return [
+            torch.nonzero(self.groups[row] == group).flatten()
+            for group in range(len(self.counts[row]))
+        ]
+
+
 @dataclass
 class Clustering:
     """A clusterer's answer for one row: an assignment of ``n`` tokens to clusters.

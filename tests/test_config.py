@@ -217,7 +217,7 @@ def test_every_bad_setting_is_reported_at_once():
         ({"stagez": []}, "stages"),
         (
             stage(cutof=1),
-            "alpha, cluster_on, clusterer, keep_ratio, layer, merger, position_mode, "
+            "alpha, cluster_on, clusterer, keep_ratio, keep_tokens, layer, merger, position_mode, "
             "proportional_attention, retrieval, scorer",
         ),
         (stage(clusterer={"name": "dbdpc", "cutof": 0.2}), "cutoff, dc, name"),
