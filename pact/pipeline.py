@@ -6,7 +6,6 @@ positions, sizes and the layer's queries/keys; the pipeline decides what survive
 
 from __future__ import annotations
 
-import math
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,17 +28,6 @@ if TYPE_CHECKING:
     from torch import Tensor
 
 torch = lazy_module("torch")
-
-# Guards floor() against products such as 0.29 * 100 = 28.999999999999996.
-_FLOOR_SLACK = 1e-9
-
-
-def keep_count(n_visual: int, keep_ratio: float) -> int:
-    """``floor(keep_ratio * n)``, at least 1 when there are tokens and the ratio is positive."""
-    kept = math.floor(keep_ratio * n_visual + _FLOOR_SLACK)
-    if n_visual and keep_ratio > 0:
-        kept = max(kept, 1)
-    return min(kept, n_visual)
 
 
 def select_kept(scores: Tensor, n_keep: int) -> tuple[Tensor, Tensor]:
@@ -118,7 +106,7 @@ class Pipeline:
         visual_mask = inputs.real_visual_mask
         if self.stage.keep_tokens is not None:
             return Budget.per_image(visual_mask, self.stage.keep_tokens)
-        return Budget.whole_rows(visual_mask, lambda n: keep_count(n, self.stage.keep_ratio))
+        return Budget.whole_rows(visual_mask, self.stage.keep_ratio)
 
     def _plan_rows(self, inputs: LayerInputs) -> list[_RowPlan]:
         visual_mask = inputs.real_visual_mask

@@ -5,6 +5,7 @@ This module is the bottom layer of pact: plain torch, no transformers, no config
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -141,6 +142,18 @@ class LayerInputs:
         return self.padding_mask & (index <= last_visual)
 
 
+# Guards floor() against products such as 0.29 * 100 = 28.999999999999996.
+_FLOOR_SLACK = 1e-9
+
+
+def keep_count(n_visual: int, keep_ratio: float) -> int:
+    """``floor(keep_ratio * n)``, at least 1 when there are tokens and the ratio is positive."""
+    kept = math.floor(keep_ratio * n_visual + _FLOOR_SLACK)
+    if n_visual and keep_ratio > 0:
+        kept = max(kept, 1)
+    return min(kept, n_visual)
+
+
 def image_groups(visual_mask: Tensor) -> Tensor:
     """``[B, N]`` long: which image of its row each visual token belongs to, -1 elsewhere.
 
@@ -171,10 +184,11 @@ class Budget:
     """Per row, per group (0, 1, ...): visual tokens kept."""
 
     @classmethod
-    def whole_rows(cls, visual_mask: Tensor, keep: Callable[[int], int]) -> Budget:
-        """One group per row holding all its visual tokens, keeping ``keep(n)`` of ``n``."""
+    def whole_rows(cls, visual_mask: Tensor, keep_ratio: float) -> Budget:
+        """One group per row holding all its ``n`` visual tokens, keeping
+        :func:`keep_count` ``(n, keep_ratio)`` of them."""
         groups = torch.where(visual_mask, 0, -1)
-        counts = [[keep(int(n))] for n in visual_mask.sum(dim=1).tolist()]
+        counts = [[keep_count(int(n), keep_ratio)] for n in visual_mask.sum(dim=1).tolist()]
         return cls(groups, counts)
 
     @classmethod

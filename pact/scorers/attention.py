@@ -38,7 +38,7 @@ class AttentionConfig(ScorerConfig):
 
     @model_validator(mode="after")
     def _chunk_needs_all_queries(self) -> AttentionConfig:
-        if self.query == "last" and "query_chunk" in self.model_fields_set:
+        if self.query == "last" and self.query_chunk != 1024:
             raise ValueError("query_chunk applies to query: all only; remove it or set query=all")
         return self
 
