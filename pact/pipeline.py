@@ -99,6 +99,11 @@ class Pipeline:
             int(inputs.real_visual_mask[b, row.slots].sum()) for b, row in enumerate(rows)
         ]
         stats.seconds = times
+        stats.layer = self.stage.layer
+        stats.tokens_in = inputs.padding_mask.sum(dim=1).tolist()
+        stats.tokens_out = [
+            int(inputs.padding_mask[b, row.slots].sum()) for b, row in enumerate(rows)
+        ]
         return _pad_rows(inputs, rows, stats)
 
     def budget(self, inputs: LayerInputs) -> Budget:

@@ -275,6 +275,12 @@ class ReductionStats:
     after_merge: list[int]
     retrieved: list[int]
     seconds: StepTimes = field(default_factory=StepTimes)
+    tokens_in: list[int] = field(default_factory=list)
+    """Per row, real tokens (text and visual) entering the stage."""
+    tokens_out: list[int] = field(default_factory=list)
+    """Per row, real tokens leaving it (what the following layers compute on)."""
+    layer: int | None = None
+    """Decoder layer of the stage (None: reduced outside a hooked model's stage)."""
 
     @property
     def reduction_ratio(self) -> float:
