@@ -137,3 +137,23 @@ def test_viz_on_a_trained_shapes_model_titles_the_scene(trained_shapes, tmp_path
 def test_shapes_commands_refuse_bad_arguments_before_loading(argv, needle, capsys):
     assert main(argv) == 2
     assert needle in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("preset", "layers"),
+    [
+        ("dart", [1]),
+        ("fastv", [1]),
+        ("divprune", [0]),
+        ("pyramiddrop", []),
+        ("tome", [0, 1, 2, 3, 4, 5]),
+    ],
+)
+def test_presets_are_fitted_to_the_shapes_model(preset, layers):
+    from argparse import Namespace
+
+    from pact.cli.run_shapes import shapes_config
+
+    config, notes = shapes_config(Namespace(config=preset, set=[]), 6)
+    assert [stage.layer for stage in config.stages] == layers
+    assert bool(notes) == (preset in ("pyramiddrop", "tome"))
