@@ -9,9 +9,9 @@ removes about that fraction of the visual tokens:
 * knobs whose effect depends on the image (PACT's EUTI keep ratio with DBDPC on top,
   DBDPC's cutoff, DBSCAN's eps, ToMe's per-layer merge ratio) are tuned on a calibration
   set of validation images (:func:`pact.bench.tuning.tune`);
-* PyramidDrop prunes at three layers (its preset's quarters of 28 layers, scaled to the
-  model's depth and rounded up: 2, 3 and 5 of 6) with one keep ratio, tuned like ToMe on
-  the layer-averaged axis;
+* PyramidDrop prunes at three layers (its preset's quarters of 28 layers scaled to the
+  model's 6 and rounded down: 1, 3 and 4, the first at the single-stage methods' layer)
+  with one keep ratio, tuned like ToMe on the layer-averaged axis (which cannot pass 5/6);
 * VTW removes every visual token at one layer: its knob is that layer, chosen so that the
   *layer-averaged* ratio is nearest the target, and its points are plotted on that axis.
   ToMe, whose removal grows layer by layer, is tuned and plotted on that axis too: its
@@ -61,8 +61,8 @@ class Method:
         return self.setting == "layer" or not self.single_stage
 
 
-PYRAMIDDROP_LAYERS = ("stages.0.layer=2", "stages.1.layer=3", "stages.2.layer=5")
-"""PyramidDrop's layers 7, 14, 21 of 28, scaled to the shipped model's 6 and rounded up."""
+PYRAMIDDROP_LAYERS = ("stages.0.layer=1", "stages.1.layer=3", "stages.2.layer=4")
+"""PyramidDrop's layers 7, 14, 21 of 28, scaled to the shipped model's 6 and rounded down."""
 METHODS: dict[str, Method] = {
     "pact": Method("pact", "keep_ratio", "tuned", bounds=(0.02, 1.0), increasing=False),
     "dbdpc": Method("dbdpc", "clusterer.cutoff", "tuned"),
