@@ -130,7 +130,7 @@ def test_divprune_keeps_one_of_each_set_of_duplicates_first():
     assert sorted(labels[k] for k in reduction.kept_slots[0].tolist()) == [0, 1, 2]
 
 
-# The presets through the hook at batch 3 (two images, one, none), left and right padding;
+# The presets through the hook at batch 3 (two images, one, none), left or right padding;
 # PyramidDrop's quarters of 28 layers become layers 2, 4, 6 of the tiny 8-layer decoders.
 HOOK_CONFIGS = {
     "dart": [],
@@ -142,10 +142,13 @@ ROWS = [["text:3", "image", "text:4"], ["text:2", "image", "text:1", "image", "t
         ["text:6"]]  # fmt: skip
 
 
-@pytest.mark.parametrize("padding_side", ["left", "right"])
 @pytest.mark.parametrize("preset", list(HOOK_CONFIGS))
 @pytest.mark.parametrize("family", FAMILIES)
-def test_presets_through_the_hook_batch_rows_equal_rows_alone(family, preset, padding_side):
+def test_presets_through_the_hook_batch_rows_equal_rows_alone(family, preset):
+    # Families alternate between left and right padding: both sides, half the runs.
+    padding_side = ("left", "right")[
+        (FAMILIES.index(family) + list(HOOK_CONFIGS).index(preset)) % 2
+    ]
     tiny = tiny_model(family)
     batches = make_batches(tiny, ROWS, padding_side)
     config = PactConfig.load(preset, HOOK_CONFIGS[preset])
