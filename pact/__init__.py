@@ -25,7 +25,15 @@ from pact.registry import (
     register_scorer,
 )
 from pact.scorers.base import Scorer, ScorerConfig
-from pact.tensors import Clustering, LayerInputs, QKSource, Reduction, ReductionStats, RowReduction
+from pact.tensors import (
+    Budget,
+    Clustering,
+    LayerInputs,
+    QKSource,
+    Reduction,
+    ReductionStats,
+    RowReduction,
+)
 
 __version__ = "0.1.0"
 
@@ -51,6 +59,7 @@ __all__ = [
     "MERGERS",
     "REGISTRIES",
     "SCORERS",
+    "Budget",
     "Clusterer",
     "ClustererConfig",
     "Clustering",

@@ -2,10 +2,10 @@
 
 from pact.clusterers import dbdpc, dpc, kmeans, none, sklearn, tome
 from pact.mergers import center, mean
-from pact.scorers import attention, euti, norm, random, withdraw
+from pact.scorers import attention, dart, divprune, euti, norm, random, withdraw
 
 BUILTIN_MODULES = (
-    attention, euti, norm, random, withdraw,
+    attention, dart, divprune, euti, norm, random, withdraw,
     dbdpc, dpc, kmeans, none, sklearn, tome,
     center, mean,
 )  # fmt: skip

@@ -78,7 +78,12 @@ class StageConfig(BaseModel):
     """Importance scorer for pruning; None: no pruning."""
     keep_ratio: float | None = Field(None, ge=0.0, le=1.0)
     """Fraction of visual tokens the scorer keeps (floor, at least 1 unless 0); None: the
-    scorer's default (euti 0.55, withdraw 0, others 0.5)."""
+    scorer's default (euti 0.55, withdraw 0, others 0.5). Per row: a row's images share it."""
+    keep_tokens: int | None = Field(None, ge=1)
+    """Visual tokens the scorer keeps of each image (all of an image that has fewer), instead
+    of ``keep_ratio``: the budgets papers report (64, 128, 192 per image). An image is a run of
+    consecutive visual tokens, so the count is exact per image for any-resolution images and
+    for every image of a multi-image row."""
     clusterer: ClustererField = Field(default_factory=_default(CLUSTERERS, "none"))
     """Clusterer grouping the kept visual tokens; ``none``: no merging."""
     merger: MergerField = Field(default_factory=_default(MERGERS, "mean"))
@@ -106,8 +111,20 @@ class StageConfig(BaseModel):
         if self.scorer is None:
             if self.keep_ratio not in (None, 1.0):
                 raise ValueError("keep_ratio prunes visual tokens and needs a scorer; set scorer")
+            if self.keep_tokens is not None:
+                raise ValueError("keep_tokens prunes visual tokens and needs a scorer; set scorer")
             return
         fixed = type(self.scorer).fixed_keep_ratio
+        if self.keep_tokens is not None:
+            if fixed is not None:
+                raise ValueError(
+                    f"scorer {self.scorer.name!r} keeps a fixed ratio ({fixed}); remove keep_tokens"
+                )
+            if self.keep_ratio is not None:
+                raise ValueError(
+                    "set one of keep_ratio and keep_tokens (override: keep_ratio=null)"
+                )
+            return
         if fixed is not None and self.keep_ratio not in (None, fixed):
             raise ValueError(f"keep_ratio must be {fixed} with scorer {self.scorer.name!r}")
         if self.keep_ratio is None:

@@ -6,7 +6,6 @@ positions, sizes and the layer's queries/keys; the pipeline decides what survive
 
 from __future__ import annotations
 
-import math
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from pact.lazy import lazy_module
 from pact.mergers.base import RowMergeInput
 from pact.registry import CLUSTERERS, MERGERS, SCORERS
 from pact.tensors import (
+    Budget,
     LayerInputs,
     Reduction,
     ReductionStats,
@@ -28,17 +28,6 @@ if TYPE_CHECKING:
     from torch import Tensor
 
 torch = lazy_module("torch")
-
-# Guards floor() against products such as 0.29 * 100 = 28.999999999999996.
-_FLOOR_SLACK = 1e-9
-
-
-def keep_count(n_visual: int, keep_ratio: float) -> int:
-    """``floor(keep_ratio * n)``, at least 1 when there are tokens and the ratio is positive."""
-    kept = math.floor(keep_ratio * n_visual + _FLOOR_SLACK)
-    if n_visual and keep_ratio > 0:
-        kept = max(kept, 1)
-    return min(kept, n_visual)
 
 
 def select_kept(scores: Tensor, n_keep: int) -> tuple[Tensor, Tensor]:
@@ -110,13 +99,26 @@ class Pipeline:
             int(inputs.real_visual_mask[b, row.slots].sum()) for b, row in enumerate(rows)
         ]
         stats.seconds = times
+        stats.layer = self.stage.layer
+        stats.tokens_in = inputs.padding_mask.sum(dim=1).tolist()
+        stats.tokens_out = [
+            int(inputs.padding_mask[b, row.slots].sum()) for b, row in enumerate(rows)
+        ]
         return _pad_rows(inputs, rows, stats)
+
+    def budget(self, inputs: LayerInputs) -> Budget:
+        """Visual tokens kept per image (``keep_tokens``) or per row (``keep_ratio``)."""
+        visual_mask = inputs.real_visual_mask
+        if self.stage.keep_tokens is not None:
+            return Budget.per_image(visual_mask, self.stage.keep_tokens)
+        return Budget.whole_rows(visual_mask, self.stage.keep_ratio)
 
     def _plan_rows(self, inputs: LayerInputs) -> list[_RowPlan]:
         visual_mask = inputs.real_visual_mask
-        scores = None
+        scores = budget = None
         if self.scorer is not None and bool(visual_mask.any()):
-            scores = self.scorer.score(inputs)
+            budget = self.budget(inputs)
+            scores = self.scorer.score_for(inputs, budget)
             if not bool(torch.isfinite(scores[visual_mask]).all()):
                 raise ValueError(f"scorer {self.stage.scorer.name!r} returned NaN or inf scores")
         plans = []
@@ -126,9 +128,15 @@ class Pipeline:
             if scores is None:
                 plans.append(_RowPlan(visual, everything, everything[:0]))
                 continue
-            n_keep = keep_count(visual.numel(), self.stage.keep_ratio)
-            kept, pruned = select_kept(scores[row, visual].float(), n_keep)
-            plans.append(_RowPlan(visual, kept, pruned))
+            kept = []
+            for slots, count in zip(budget.members(row), budget.counts[row], strict=True):
+                best, _ = select_kept(scores[row, slots].float(), count)
+                kept.append(slots[best])
+            keep = torch.zeros(inputs.hidden.shape[1], dtype=torch.bool, device=visual.device)
+            if kept:
+                keep[torch.cat(kept)] = True
+            keep = keep[visual]
+            plans.append(_RowPlan(visual, everything[keep], everything[~keep]))
         return plans
 
     def _features(self, inputs: LayerInputs) -> Tensor | None:

@@ -5,6 +5,7 @@ This module is the bottom layer of pact: plain torch, no transformers, no config
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -141,6 +142,73 @@ class LayerInputs:
         return self.padding_mask & (index <= last_visual)
 
 
+# Guards floor() against products such as 0.29 * 100 = 28.999999999999996.
+_FLOOR_SLACK = 1e-9
+
+
+def keep_count(n_visual: int, keep_ratio: float) -> int:
+    """``floor(keep_ratio * n)``, at least 1 when there are tokens and the ratio is positive."""
+    kept = math.floor(keep_ratio * n_visual + _FLOOR_SLACK)
+    if n_visual and keep_ratio > 0:
+        kept = max(kept, 1)
+    return min(kept, n_visual)
+
+
+def image_groups(visual_mask: Tensor) -> Tensor:
+    """``[B, N]`` long: which image of its row each visual token belongs to, -1 elsewhere.
+
+    An image is a maximal run of consecutive visual tokens (``visual_mask`` True): an
+    any-resolution image (base tile, crops and newline tokens) is one run, and the images of
+    a multi-image row are separate runs wherever any other token lies between them (Qwen-VL's
+    vision start/end tokens, the text or newline a chat template puts after a placeholder).
+    """
+    previous = torch.zeros_like(visual_mask)
+    previous[:, 1:] = visual_mask[:, :-1]
+    starts = visual_mask & ~previous
+    index = torch.cumsum(starts.long(), dim=1) - 1
+    return torch.where(visual_mask, index, -1)
+
+
+@dataclass
+class Budget:
+    """How many visual tokens a stage keeps, per group of visual tokens in each row.
+
+    A group is an image (a stage with ``keep_tokens``) or a row's whole set of visual tokens
+    (``keep_ratio``). Scorers whose choice depends on the count (DART) or on the groups
+    (DivPrune) read it; the pipeline keeps ``counts[b][g]`` best-scored tokens of group ``g``.
+    """
+
+    groups: Tensor
+    """``[B, N]`` long: group of each real visual token within its row, -1 elsewhere."""
+    counts: list[list[int]]
+    """Per row, per group (0, 1, ...): visual tokens kept."""
+
+    @classmethod
+    def whole_rows(cls, visual_mask: Tensor, keep_ratio: float) -> Budget:
+        """One group per row holding all its ``n`` visual tokens, keeping
+        :func:`keep_count` ``(n, keep_ratio)`` of them."""
+        groups = torch.where(visual_mask, 0, -1)
+        counts = [[keep_count(int(n), keep_ratio)] for n in visual_mask.sum(dim=1).tolist()]
+        return cls(groups, counts)
+
+    @classmethod
+    def per_image(cls, visual_mask: Tensor, tokens: int) -> Budget:
+        """One group per image (:func:`image_groups`), each keeping ``tokens`` (or all if fewer)."""
+        groups = image_groups(visual_mask)
+        counts = []
+        for row in groups:
+            sizes = torch.bincount(row[row >= 0]).tolist() if bool((row >= 0).any()) else []
+            counts.append([min(tokens, size) for size in sizes])
+        return cls(groups, counts)
+
+    def members(self, row: int) -> list[Tensor]:
+        """Sequence slots of each group of ``row``, ascending, in group order."""
+        return [
+            torch.nonzero(self.groups[row] == group).flatten()
+            for group in range(len(self.counts[row]))
+        ]
+
+
 @dataclass
 class Clustering:
     """A clusterer's answer for one row: an assignment of ``n`` tokens to clusters.
@@ -207,6 +275,12 @@ class ReductionStats:
     after_merge: list[int]
     retrieved: list[int]
     seconds: StepTimes = field(default_factory=StepTimes)
+    tokens_in: list[int] = field(default_factory=list)
+    """Per row, real tokens (text and visual) entering the stage."""
+    tokens_out: list[int] = field(default_factory=list)
+    """Per row, real tokens leaving it (what the following layers compute on)."""
+    layer: int | None = None
+    """Decoder layer of the stage (None: reduced outside a hooked model's stage)."""
 
     @property
     def reduction_ratio(self) -> float:

@@ -10,6 +10,7 @@ import re
 import pytest
 import torch
 
+from pact.bench.speed import RATIO_KEYS
 from pact.cli import main
 from pact.config import PactConfig
 from pact.hooks import attached
@@ -68,7 +69,7 @@ def test_ratios_to_none_are_ratios_of_raw_figures(run):
         assert ratios["prefill_seconds"] == pytest.approx(
             row["prefill_seconds"] / row["none_prefill_seconds"]
         )
-        for key in ("decode_tokens_per_s", "kv_bytes", "visual_kept", "peak_bytes"):
+        for key in RATIO_KEYS[1:]:
             expected = row[key] / none[key] if none[key] else None
             assert ratios[key] == pytest.approx(expected)
     assert all(value == pytest.approx(1.0) for key, value in none["ratios"].items() if value)
@@ -91,9 +92,32 @@ def test_visual_tokens_kept_match_handle_stats(run, tiny):
             with torch.no_grad():
                 tiny.model(**batch, logits_to_keep=1)
             assert row["visual_kept"] == sum(handle.stats.last[-1].after_merge) < visual
+            assert row["prefill_flops"] == handle.stats.last_flops[0] < rows[0]["prefill_flops"]
+            assert handle.stats.last_flops[1] == rows[0]["prefill_flops"]
             assert row["reduction_ratio"] == pytest.approx(handle.stats.last_reduction_ratio)
         assert set(row["seconds"]) == {"score", "cluster", "merge"}
     assert rows[2]["visual_kept"] == visual // 2  # fastv keeps floor(0.5 n)
+
+
+def test_baselines_have_speed_rows(tmp_path, capsys):
+    """DART and DivPrune at their strength knob; PyramidDrop from a config file placing its
+    three stages in the tiny model's 8 layers."""
+    pyramid = tmp_path / "pyramiddrop8.yaml"
+    overrides = ["stages.0.layer=2", "stages.1.layer=4", "stages.2.layer=6"]
+    PactConfig.load("pyramiddrop", overrides).to_yaml(pyramid)
+    argv = ["bench", "speed", "--configs", f"dart,divprune,{pyramid}", "--strength",
+            "dart=0.5", "--strength", "divprune=0.25", "--repeats", "1", "--decode-tokens", "1",
+            "--quiet", "--json", str(tmp_path / "s.json")]  # fmt: skip
+    assert main(argv) == 0
+    rows = json.loads((tmp_path / "s.json").read_text(encoding="utf-8"))["rows"]
+    assert [(r["config"], r["value"]) for r in rows] == [
+        ("none", None), ("dart", 0.5), ("divprune", 0.25), (str(pyramid), None)
+    ]  # fmt: skip
+    assert all(r["status"] == "ok" for r in rows)
+    visual = rows[0]["visual_kept"]
+    assert [r["visual_kept"] for r in rows[1:]] == [visual // 2, visual // 4, visual // 8]
+    assert all(r["ratios"]["prefill_flops"] < 1 for r in rows[1:])
+    assert "GFLOPs" in capsys.readouterr().out
 
 
 def test_json_and_png_written(run):

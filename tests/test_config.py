@@ -217,7 +217,7 @@ def test_every_bad_setting_is_reported_at_once():
         ({"stagez": []}, "stages"),
         (
             stage(cutof=1),
-            "alpha, cluster_on, clusterer, keep_ratio, layer, merger, position_mode, "
+            "alpha, cluster_on, clusterer, keep_ratio, keep_tokens, layer, merger, position_mode, "
             "proportional_attention, retrieval, scorer",
         ),
         (stage(clusterer={"name": "dbdpc", "cutof": 0.2}), "cutoff, dc, name"),
@@ -282,14 +282,17 @@ def test_configs_are_frozen():
 def test_list_presets_is_the_official_table():
     assert pact.list_presets() == [
         "agglomerative",
+        "dart",
         "dbdpc",
         "dbscan",
+        "divprune",
         "dpc",
         "euti",
         "fastv",
         "kmeans",
         "none",
         "pact",
+        "pyramiddrop",
         "tome",
         "vtw",
     ]
@@ -358,8 +361,23 @@ def test_preset_euti():
 
 def test_preset_fastv():
     s = only_stage("fastv")
-    assert (s.scorer.name, s.keep_ratio) == ("attention", 0.5)
+    assert (s.scorer.name, s.scorer.query, s.keep_ratio) == ("attention", "last", 0.5)
     assert s.clusterer.name == "none"
+
+
+def test_preset_pyramiddrop_halves_the_image_at_each_quarter():
+    config = PactConfig.load("pyramiddrop")
+    assert [s.layer for s in config.stages] == [7, 14, 21]  # quarters of 28 layers
+    for s in config.stages:
+        assert (s.scorer.name, s.scorer.query, s.keep_ratio) == ("attention", "last", 0.5)
+        assert s.clusterer.name == "none"
+
+
+def test_preset_dart_and_divprune():
+    dart, divprune = only_stage("dart"), only_stage("divprune")
+    assert (dart.layer, dart.scorer.name, dart.keep_ratio) == (2, "dart", 0.222)
+    assert (dart.scorer.image_pivots, dart.scorer.text_pivots) == (4, 4)
+    assert (divprune.layer, divprune.scorer.name, divprune.keep_ratio) == (0, "divprune", 0.098)
 
 
 def test_preset_vtw():

@@ -215,3 +215,37 @@ def test_options_that_mean_nothing_for_the_model_are_refused(argv, needle, capsy
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert needle in err
+
+
+@pytest.mark.parametrize(
+    ("preset", "layers"),
+    [
+        ("dart", [1]),
+        ("fastv", [1]),
+        ("divprune", [0]),
+        ("pyramiddrop", []),
+        ("tome", [0, 1, 2, 3, 4, 5]),
+    ],
+)
+def test_presets_are_fitted_to_the_shapes_model(preset, layers):
+    from argparse import Namespace
+
+    from pact.cli.run_shapes import shapes_config
+
+    config, notes = shapes_config(Namespace(config=preset, set=[]), 6)
+    assert [stage.layer for stage in config.stages] == layers
+    assert bool(notes) == (preset in ("pyramiddrop", "tome"))
+
+
+def test_baseline_methods_place_their_stages():
+    from pact.bench.quality.methods import Setting, overrides_for
+
+    def config(name: str, value: float):
+        return Setting(name, 1 - value, value, overrides_for(name, value, 1), 6).config()
+
+    assert [s.layer for s in config("dart", 0.5).stages] == [1]
+    assert [s.layer for s in config("divprune", 0.5).stages] == [0]  # the projector's output
+    pyramid = config("pyramiddrop", 0.6)
+    assert [(s.layer, s.keep_ratio) for s in pyramid.stages] == [(1, 0.6), (3, 0.6), (4, 0.6)]
+    assert config("fastv", 0.5).stages[0].scorer.query == "last"
+    assert config("fastv_mean", 0.5).stages[0].scorer.query == "all"

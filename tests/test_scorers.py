@@ -82,12 +82,17 @@ def euti_reference(inputs: LayerInputs) -> np.ndarray:
     return scores
 
 
+def rotary_heads(inputs: LayerInputs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Post-RoPE queries, keys repeated to the query heads (GQA), and the padding mask."""
+    queries, keys = (as_numpy(t) for t in inputs.qk.get(rotary=True))
+    keys = np.repeat(keys, queries.shape[1] // keys.shape[1], axis=1)
+    return queries, keys, inputs.padding_mask.numpy()
+
+
 def fastv_reference(inputs: LayerInputs) -> np.ndarray:
     """Full N x N causal attention (post-RoPE), padding masked; mean over heads and real rows."""
-    queries, keys = (as_numpy(t) for t in inputs.qk.get(rotary=True))
+    queries, keys, padding = rotary_heads(inputs)
     batch, q_heads, n, head_dim = queries.shape
-    keys = np.repeat(keys, q_heads // keys.shape[1], axis=1)
-    padding = inputs.padding_mask.numpy()
     received = np.zeros((batch, n))
     for b in range(batch):
         real = np.flatnonzero(padding[b])
@@ -101,6 +106,24 @@ def fastv_reference(inputs: LayerInputs) -> np.ndarray:
                 weights = np.exp(logits[i] - logits[i].max())
                 received[b] += weights / weights.sum() / q_heads
         received[b] /= len(real)
+    return received
+
+
+def fastv_last_reference(inputs: LayerInputs) -> np.ndarray:
+    """FastV as published: softmax of the last real token's logits (post-RoPE) over the real
+    tokens, mean over heads."""
+    queries, keys, padding = rotary_heads(inputs)
+    batch, q_heads, n, head_dim = queries.shape
+    received = np.zeros((batch, n))
+    for b in range(batch):
+        real = np.flatnonzero(padding[b])
+        last = real.max() if len(real) else None
+        if last is None:
+            continue
+        for h in range(q_heads):
+            logits = keys[b, h, real] @ queries[b, h, last] / math.sqrt(head_dim)
+            weights = np.exp(logits - logits.max())
+            received[b, real] += weights / weights.sum() / q_heads
     return received
 
 
@@ -143,8 +166,9 @@ def test_euti_and_fastv_on_random_batches(seed, layouts, heads):
     rows = [(*layout, longest - sum(layout)) for layout in layouts]  # right-pad the rest
     inputs = make_layer(seed, rows, q_heads=heads[0], kv_heads=heads[1], rotary=True)
     assert_close_on_visual(Euti().score(inputs), euti_reference(inputs), inputs)
-    fastv = Attention({"query_chunk": 3}).score(inputs)
+    fastv = Attention({"query": "all", "query_chunk": 3}).score(inputs)
     assert_close_on_visual(fastv, fastv_reference(inputs), inputs)
+    assert_close_on_visual(Attention().score(inputs), fastv_last_reference(inputs), inputs)
 
 
 def test_euti_only_reads_the_prefix():
@@ -166,17 +190,41 @@ def test_euti_only_reads_the_prefix():
 @pytest.mark.parametrize("query_chunk", [1, 3, 5, 1024])
 def test_fastv_matches_full_attention_matrix(query_chunk):
     inputs = make_layer(2, MIXED_ROWS, rotary=True)
-    got = Attention({"query_chunk": query_chunk}).score(inputs)
+    got = Attention({"query": "all", "query_chunk": query_chunk}).score(inputs)
     assert_close_on_visual(got, fastv_reference(inputs), inputs)
 
 
 def test_fastv_chunking_does_not_change_the_answer():
     inputs = make_layer(3, MIXED_ROWS, q_heads=8, kv_heads=2, rotary=True)
-    whole = Attention({"query_chunk": 1024}).score(inputs)
+    whole = Attention({"query": "all", "query_chunk": 1024}).score(inputs)
     for chunk in (1, 2, 7):
         torch.testing.assert_close(
-            Attention({"query_chunk": chunk}).score(inputs), whole, rtol=1e-6, atol=1e-7
+            Attention({"query": "all", "query_chunk": chunk}).score(inputs),
+            whole,
+            rtol=1e-6,
+            atol=1e-7,
         )
+
+
+def test_fastv_as_published_reads_the_last_real_token_only():
+    inputs = make_layer(4, MIXED_ROWS, rotary=True)
+    assert_close_on_visual(Attention().score(inputs), fastv_last_reference(inputs), inputs)
+    queries, keys = inputs.qk.get(rotary=True)
+    changed = queries.clone()
+    last = [int(torch.nonzero(row).max()) for row in inputs.padding_mask]
+    for b, position in enumerate(last):  # every query but the last real one
+        keep = changed[b, :, position].clone()
+        changed[b] = 50.0
+        changed[b, :, position] = keep
+    other = LayerInputs(
+        hidden=inputs.hidden,
+        visual_mask=inputs.visual_mask,
+        qk=QKSource.from_tensors(changed, keys),
+        padding_mask=inputs.padding_mask,
+    )
+    torch.testing.assert_close(Attention().score(other), Attention().score(inputs))
+    with pytest.raises(ValueError, match="query_chunk applies to query: all"):
+        Attention({"query_chunk": 4})
 
 
 def test_norm_is_the_hidden_norm():
@@ -187,7 +235,7 @@ def test_norm_is_the_hidden_norm():
 
 REFERENCES = {
     "euti": euti_reference,
-    "attention": fastv_reference,
+    "attention": fastv_last_reference,
     "norm": lambda x: np.linalg.norm(as_numpy(x.hidden), axis=-1),
 }
 """Independent computations of the scorers that have one (random and withdraw are checked

@@ -6,7 +6,9 @@ the configuration alternating, median after a warm-up, CUDA-synchronised; it rai
 KV cache lengths differ from what the kept counts imply). Decoding speed is
 :func:`decode_rate`; tuning to a target ratio is :mod:`pact.bench.tuning`'s. Each
 configuration's prefill latency ratio is against the ``none`` runs it was interleaved
-with; its other ratios are against the ``none`` row.
+with; its other ratios are against the ``none`` row. ``prefill_flops`` is the decoder's
+analytic prefill FLOPs (:mod:`pact.flops`, from ``handle.stats``), the figure papers compare
+methods by.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pact.bench import tuning
 from pact.bench.gpu.gpu_timing import is_cuda, peak_bytes, synchronize
 from pact.bench.prefill import interleaved_prefill_seconds, kv_bytes, measure_prefill, run_prefill
 from pact.config import PactConfig
+from pact.flops import DecoderShape
 from pact.hooks import attached
 from pact.models.shaped import Subject
 
@@ -34,7 +37,8 @@ PEAK_CPU = (
     "malloc_trim), sampled every 1 ms from /proc/self/statm; approximate"
 )
 PEAK_CUDA = "torch.cuda.max_memory_allocated during one prefill, above what was allocated before"
-RATIO_KEYS = ("prefill_seconds", "decode_tokens_per_s", "peak_bytes", "kv_bytes", "visual_kept")
+RATIO_KEYS = ("prefill_seconds", "decode_tokens_per_s", "peak_bytes", "kv_bytes", "visual_kept",
+              "prefill_flops")  # fmt: skip
 
 
 @dataclass
@@ -158,8 +162,22 @@ def _stats_and_peak(subject: Subject, config: PactConfig) -> dict[str, Any]:
         last = handle.stats.summary()["last_call"]
     kept = sum(last["visual_out"]) if handle.stats.last else subject.visual_tokens()
     visual_in = sum(last["visual_in"]) if handle.stats.last else subject.visual_tokens()
+    flops = last["prefill_flops"] if handle.stats.last else unreduced_flops(subject)
     return {"visual_in": visual_in, "visual_kept": kept, "peak_bytes": peak,
-            "seconds": last["seconds"]}  # fmt: skip
+            "seconds": last["seconds"], "prefill_flops": flops}  # fmt: skip
+
+
+def unreduced_flops(subject: Subject) -> int:
+    """Analytic decoder prefill FLOPs of the batch's rows without reduction."""
+    shape = DecoderShape.from_config(subject.model.get_decoder().config)
+    batch = subject.batch
+    mask = batch.get("attention_mask")
+    tokens = (
+        mask.sum(dim=1).tolist()
+        if mask is not None
+        else [batch["input_ids"].shape[1]] * len(batch["input_ids"])
+    )
+    return sum(shape.prefill_flops(int(count)) for count in tokens)
 
 
 # ------------------------------------------------------------------ measuring

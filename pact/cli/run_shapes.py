@@ -69,7 +69,8 @@ def shapes_config(args: argparse.Namespace, depth: int) -> tuple[PactConfig, lis
     """``--config`` with ``--set``, fitted to a ``depth``-layer model, and notes on what was
     adapted: a single-stage *preset* whose layer no ``--set`` gives reduces at
     :data:`~pact.models.shapes.spec.REDUCTION_LAYER` (the added ``layer=`` joins
-    ``args.set``, so labels show it); a preset's stages past the last layer are dropped. A
+    ``args.set``, so labels show it), unless it reduces at layer 0, the decoder's input at
+    any depth (DivPrune); a preset's stages past the last layer are dropped. A
     config file is used as written; a stage past the last layer is an error naming it."""
     from pact.models.shapes.spec import REDUCTION_LAYER
     from pact.presets import list_presets
@@ -77,7 +78,7 @@ def shapes_config(args: argparse.Namespace, depth: int) -> tuple[PactConfig, lis
     config = config_from_args(args)
     preset = args.config in list_presets()
     layer_set = any(item.partition("=")[0].split(".")[-1] == "layer" for item in args.set)
-    if preset and len(config.stages) == 1 and not layer_set:
+    if preset and len(config.stages) == 1 and config.stages[0].layer > 0 and not layer_set:
         args.set = [*args.set, f"layer={REDUCTION_LAYER}"]
         config = config_from_args(args)
     beyond = [stage.layer for stage in config.stages if stage.layer >= depth]

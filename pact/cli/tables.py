@@ -87,8 +87,9 @@ def fidelity(report: dict[str, Any]) -> None:
 
 def speed(report: dict[str, Any]) -> None:
     """One row per configuration: figures, each next to its ratio to ``none`` (x)."""
-    columns = ("config", "setting", "kept", "removed", "prefill s", "x", "decode t/s", "x",
-               "peak MiB", "x", "KV MiB", "x", "score s", "cluster s", "merge s")  # fmt: skip
+    columns = ("config", "setting", "kept", "removed", "prefill s", "x", "GFLOPs", "x",
+               "decode t/s", "x", "peak MiB", "x", "KV MiB", "x", "score s", "cluster s",
+               "merge s")  # fmt: skip
     rows, errors = [], []
     for r in report["rows"]:
         setting = ",".join(r["overrides"]) or "(as given)"
@@ -100,6 +101,7 @@ def speed(report: dict[str, Any]) -> None:
         rows.append((
             r["config"], setting, r["visual_kept"], f"{r['reduction_ratio']:.2f}",
             f"{r['prefill_seconds']:.3f}", _times(q["prefill_seconds"]),
+            f"{r['prefill_flops'] / 1e9:.3g}", _times(q["prefill_flops"]),
             f"{r['decode_tokens_per_s']:.1f}", _times(q["decode_tokens_per_s"]),
             _mib(r["peak_bytes"]), _times(q["peak_bytes"]), _mib(r["kv_bytes"]),
             _times(q["kv_bytes"]), f"{s['score']:.3f}", f"{s['cluster']:.3f}",
@@ -111,7 +113,8 @@ def speed(report: dict[str, Any]) -> None:
         f"{report['decode_tokens']} decode steps",
         f"peak memory: {report['peak_memory']}",
     ]
-    after = ["x: ratio to none (prefill: to the none runs interleaved with that row)"]
+    after = ["x: ratio to none (prefill: to the none runs interleaved with that row)",
+             "GFLOPs: the decoder's analytic prefill FLOPs (pact.flops)"]  # fmt: skip
     print_table(columns, rows, before, after + (["errors:", *errors] if errors else []))
 
 
@@ -138,8 +141,9 @@ def quality(report: dict[str, Any]) -> None:
     before = [f"unreduced accuracy {report['unreduced_accuracy']:.4f} [{low:.4f}, {high:.4f}] on "
               f"{report['examples']} test examples; cells: {RELATIVE} [95% interval] "
               "(measured reduction ratio)"]  # fmt: skip
-    averaged = [m for m, *_ in rows if METHODS[m].layer_averaged]
-    after = [*([f"{' and '.join(averaged)}: ratios layer-averaged (removal differs by layer)"]
-               if averaged else []),
-             *report["comparisons"], f"{report['seconds']} s on {report['threads']} threads"]
+    averaged = [name for name in dict.fromkeys(r["method"] for r in report["rows"])
+                if METHODS[name].layer_averaged]  # fmt: skip
+    note = f"layer-averaged ratios (removal differs by layer): {', '.join(averaged)}"
+    after = [*([note] if averaged else []), *report["comparisons"],
+             f"{report['seconds']} s on {report['threads']} threads"]  # fmt: skip
     print_table(("method", *(f"~{t:.0%} removed" for t in targets)), rows, before, after)

@@ -29,7 +29,7 @@ from pact.hooks.state import (
     restore_length,
     rope_to_pipeline,
 )
-from pact.hooks.stats import HandleStats
+from pact.hooks.stats import HandleStats, decoder_shape
 from pact.hooks.views import reduced_view, shifted_view, view_to
 from pact.pipeline import Pipeline
 from pact.tensors import LayerInputs
@@ -60,7 +60,7 @@ class PactHandle:
             else families.visual_token_ids(model)
         )
         self.original_attention = self.decoder.config._attn_implementation
-        self.stats = HandleStats()
+        self.stats = HandleStats(decoder=decoder_shape(self.decoder))
         self.last_assignments: list[Tensor] = []
         """Per stage of the last reducing forward, ``[B, N]`` over its N original tokens:
         the original slot of the token each one ended up in after that stage (itself when

@@ -6,7 +6,7 @@ from abc import abstractmethod
 from typing import TYPE_CHECKING, ClassVar
 
 from pact.component import Component, ComponentConfig
-from pact.tensors import LayerInputs
+from pact.tensors import Budget, LayerInputs
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -31,3 +31,12 @@ class Scorer(Component):
     @abstractmethod
     def score(self, inputs: LayerInputs) -> Tensor:
         """Return ``[B, N]`` float32 importances; only visual, non-padding entries are read."""
+
+    def score_for(self, inputs: LayerInputs, budget: Budget) -> Tensor:
+        """Scores for a stage that keeps ``budget.counts`` tokens of each group.
+
+        The pipeline calls this; the default ignores the budget and returns :meth:`score`.
+        Scorers whose choice depends on how many tokens are kept (DART's tokens per pivot) or
+        on which tokens form an image (DivPrune's diversity within each image) override it.
+        """
+        return self.score(inputs)

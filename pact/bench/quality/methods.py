@@ -9,6 +9,9 @@ removes about that fraction of the visual tokens:
 * knobs whose effect depends on the image (PACT's EUTI keep ratio with DBDPC on top,
   DBDPC's cutoff, DBSCAN's eps, ToMe's per-layer merge ratio) are tuned on a calibration
   set of validation images (:func:`pact.bench.tuning.tune`);
+* PyramidDrop prunes at three layers (its preset's quarters of 28 layers scaled to the
+  model's 6 and rounded down: 1, 3 and 4, the first at the single-stage methods' layer)
+  with one keep ratio, tuned like ToMe on the layer-averaged axis (which cannot pass 5/6);
 * VTW removes every visual token at one layer: its knob is that layer, chosen so that the
   *layer-averaged* ratio is nearest the target, and its points are plotted on that axis.
   ToMe, whose removal grows layer by layer, is tuned and plotted on that axis too: its
@@ -17,7 +20,8 @@ removes about that fraction of the visual tokens:
   preset has one per layer for 8 layers).
 
 Single-stage methods reduce at ``layer`` (default
-:data:`pact.models.shapes.model.REDUCTION_LAYER`, 1 of the model's 6);
+:data:`pact.models.shapes.model.REDUCTION_LAYER`, 1 of the model's 6), except DivPrune, which
+by definition selects on the projector's output (layer 0);
 ToMe keeps its one stage per layer from layer 0. Knobs are tuned on validation images, never
 on the evaluated ones. The reported ratio is the measured one over the whole evaluation
 set, never the target.
@@ -48,19 +52,27 @@ class Method:
     bounds: tuple[float, float] = (0.0, 1.0)
     increasing: bool = True  # removal grows with the knob
     single_stage: bool = True
+    placed: bool = True  # a single stage moved to the benchmark's layer (DivPrune: stays at 0)
 
     @property
     def layer_averaged(self) -> bool:
         """Whether the method is tuned and plotted at its layer-averaged ratio (its removal
-        differs from layer to layer: VTW, progressive ToMe)."""
+        differs from layer to layer: VTW, progressive ToMe, PyramidDrop)."""
         return self.setting == "layer" or not self.single_stage
 
 
+PYRAMIDDROP_LAYERS = ("stages.0.layer=1", "stages.1.layer=3", "stages.2.layer=4")
+"""PyramidDrop's layers 7, 14, 21 of 28, scaled to the shipped model's 6 and rounded down."""
 METHODS: dict[str, Method] = {
     "pact": Method("pact", "keep_ratio", "tuned", bounds=(0.02, 1.0), increasing=False),
     "dbdpc": Method("dbdpc", "clusterer.cutoff", "tuned"),
     "euti": Method("euti", "keep_ratio", "exact"),
     "fastv": Method("fastv", "keep_ratio", "exact"),
+    "fastv_mean": Method("fastv", "keep_ratio", "exact", overrides=("scorer.query=all",)),
+    "dart": Method("dart", "keep_ratio", "exact"),
+    "divprune": Method("divprune", "keep_ratio", "exact", placed=False),
+    "pyramiddrop": Method("pyramiddrop", "keep_ratio", "tuned", increasing=False,
+                          single_stage=False, overrides=PYRAMIDDROP_LAYERS),
     "tome": Method("tome", "clusterer.merge_ratio", "tuned", bounds=(0.0, 0.5),
                    single_stage=False),
     "kmeans": Method("kmeans", "clusterer.keep_ratio", "exact"),
@@ -93,7 +105,8 @@ class Setting:
 def overrides_for(name: str, value, layer: int) -> list[str]:
     """Overrides of method ``name`` with its knob at ``value``, reducing at ``layer``."""
     method = METHODS[name]
-    placed = [f"layer={layer}"] if method.single_stage and method.setting != "layer" else []
+    moved = method.single_stage and method.placed and method.setting != "layer"
+    placed = [f"layer={layer}"] if moved else []
     return [*method.overrides, *placed, f"{method.knob}={value}"]
 
 
