@@ -72,7 +72,7 @@ class StageConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, frozen=True)
 
-    layer: int = Field(ge=0)
+    layer: int = Field(ge=0, strict=True)
     """Decoder layer (0-based) at whose input the visual tokens are reduced."""
     scorer: ScorerField | None = None
     """Importance scorer for pruning; None: no pruning."""
@@ -247,7 +247,10 @@ def _parse_text(text: str, origin: str) -> dict[str, Any]:
     except yaml.YAMLError as error:
         raise ConfigError(f"{origin}: not valid YAML or JSON: {error}") from None
     if data is None:
-        return {}
+        raise ConfigError(
+            f"{origin} is empty; write 'stages: []' (or use the preset 'none') for the "
+            "unchanged model"
+        )
     if not isinstance(data, dict):
         raise ConfigError(f"{origin}: the top level must be a mapping; got {type(data).__name__}")
     return data

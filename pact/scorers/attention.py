@@ -21,7 +21,7 @@ torch = lazy_module("torch")
 class AttentionConfig(ScorerConfig):
     """Settings of the FastV scorer."""
 
-    query_chunk: int = Field(1024, ge=1)
+    query_chunk: int = Field(1024, ge=1, strict=True)
     """Queries processed at once; bounds memory to ``B x H x query_chunk x N`` floats."""
 
 
