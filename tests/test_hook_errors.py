@@ -14,6 +14,7 @@ from pact.errors import ConfigError
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
+
 def assert_unchanged(tiny, batch, reference) -> None:
     """No trace of a failed attach: same attention, no handle, same logits, attachable."""
     assert tiny.model.get_decoder().config._attn_implementation == "sdpa"
@@ -103,16 +104,6 @@ def test_layer_without_q_proj(tiny_decoder_config):
         pact.attach(model, "pact", overrides=["layer=1"])
     assert not hasattr(model, "_pact_handle")
     assert model.get_decoder().config._attn_implementation != "pact_sdpa"
-
-
-def test_sliding_window_decoder_refused(tiny_decoder_config):
-    """Mistral applies its config's window in every layer (no attribute on the attention);
-    the reduced layers would count removed tokens, so attaching must refuse."""
-    model = hf.MistralForCausalLM(tiny_decoder_config("mistral", sliding_window=8))
-    with pytest.raises(TypeError, match="sliding-window attention"):
-        pact.attach(model, "pact", overrides=["layer=1"])
-    unwindowed = hf.MistralForCausalLM(tiny_decoder_config("mistral", sliding_window=None))
-    pact.attach(unwindowed, "pact", overrides=["layer=1"]).detach()
 
 
 def test_no_visual_token_ids_and_no_mask(llava):

@@ -78,9 +78,11 @@ def test_stage_at_layer_zero_keeps_original_positions():
         with rope_probe(tiny.model) as positions:
             out = greedy(tiny, batch, NEW)
         first = handle.stats.last[0]
+        assert out.cache.get_seq_length() == width + NEW - 1  # the original length
+    held = width - (first.visual_in[0] - first.after_merge[0]) + 3
     assert first.after_merge[0] < first.visual_in[0]
-    assert cache_lengths(out.cache)[0] == width - (first.visual_in[0] - first.after_merge[0]) + 3
-    assert out.cache.get_seq_length() == width + NEW - 1  # the original length
+    assert cache_lengths(out.cache)[0] == held
+    assert out.cache.get_seq_length() == held  # detached: the cache's own answer again
     for step in range(1, NEW):
         assert torch.equal(positions[step], reference_positions[step])
 

@@ -46,6 +46,10 @@ class Family:
     (Qwen-VL). None: no overlay is drawn for the family."""
     tiny: bool = False
     """Whether :mod:`pact.models.tiny` builds random-weight models of the family."""
+    injected: str | None = None
+    """Dotted path, in the model's config, of the list of vision layers whose features
+    are added to the decoder's hidden states after its first layers, one per layer
+    (Qwen3-VL's DeepStack); stages must come after those layers. None: no such feature."""
 
 
 VLM_FAMILIES: dict[str, Family] = {
@@ -90,6 +94,31 @@ def supported_summary() -> str:
     )
 
 
+def injected_layers(model: nn.Module) -> int:
+    """How many first decoder layers get visual features added after them (0: none)."""
+    config = getattr(model, "config", None)
+    family = VLM_FAMILIES.get(getattr(config, "model_type", None))
+    if family is None or family.injected is None:
+        return 0
+    value = config
+    for part in family.injected.split("."):
+        value = getattr(value, part, None)
+    return len(value or ())
+
+
+def check_injection(model: nn.Module, first: int) -> None:
+    """Refuse a first stage that reduces the sequence before visual features are injected."""
+    count = injected_layers(model)
+    if first < count:
+        label = VLM_FAMILIES[model.config.model_type].label
+        raise ValueError(
+            f"stages: layer {first} is too early for {label}, which adds visual features "
+            f"to the hidden states of every visual token after decoder layers 0..{count - 1} "
+            f"(DeepStack); a reduction there would cut those additions off. Place the first "
+            f"stage at layer {count} or later"
+        )
+
+
 def find_decoder(model: nn.Module) -> nn.Module:
     """The text decoder (the module holding ``layers`` and ``rotary_emb``)."""
     decoder = model.get_decoder() if hasattr(model, "get_decoder") else model
@@ -126,12 +155,6 @@ def check_layer(layer: nn.Module, index: int) -> None:
             "pact reads a stage layer's projections before its forward, so place the layers "
             "from the first stage on on real devices (device_map without disk/cpu offload)"
         )
-    if sliding_window(attention):
-        raise TypeError(
-            f"decoder layer {index} uses sliding-window attention, which pact does not "
-            "reduce under (its window counts tokens that reduction removes); reduce at "
-            "layers without a sliding window, or use a config with sliding_window=None"
-        )
     rotary_function(attention)
 
 
@@ -145,6 +168,15 @@ def sliding_window(attention: nn.Module) -> int | None:
     if hasattr(attention, "sliding_window"):
         return attention.sliding_window
     return getattr(getattr(attention, "config", None), "sliding_window", None)
+
+
+def per_layer_rope(decoder: nn.Module) -> bool:
+    """Whether the decoder computes a rotary embedding per layer type (Gemma-3: local and
+    global layers use different bases), so each layer's cos/sin must be its own."""
+    import inspect
+
+    rotary = getattr(decoder, "rotary_emb", None)
+    return rotary is not None and "layer_type" in inspect.signature(rotary.forward).parameters
 
 
 def rotary_function(attention: nn.Module) -> Callable:
