@@ -85,6 +85,7 @@ class PactHandle(CallHooks):
     def _validate(self) -> None:
         if handle_of(self.model) is not None:
             raise ValueError("pact is already attached to this model; detach it first")
+        families.check_family(self.model)
         n_layers = len(self.decoder.layers)
         for stage in self.config.stages:
             if stage.layer >= n_layers:
