@@ -6,7 +6,16 @@ from __future__ import annotations
 import pytest
 import torch
 import transformers as hf
-from helpers_hook import ROWS, all_hooks, cache_lengths, logits, make_batches, tiny_model
+from helpers_hook import (
+    CACHE,
+    ROWS,
+    all_hooks,
+    cache_lengths,
+    cache_of,
+    logits,
+    make_batches,
+    tiny_model,
+)
 from torch import nn
 
 import pact
@@ -150,12 +159,12 @@ def test_cache_changed_outside_pact(llava, tokens):
     row = make_batches(tiny, ROWS[:1], "left").batch
     with pact.attached(tiny.model, "pact"), torch.no_grad():
         out = tiny.model(**row, use_cache=True)
-        before = cache_lengths(out.cache)
-        out.cache.crop(-tokens)
-        assert cache_lengths(out.cache) == [length - tokens for length in before]
+        before = cache_lengths(cache_of(out))
+        cache_of(out).crop(-tokens)
+        assert cache_lengths(cache_of(out)) == [length - tokens for length in before]
         follow = row["input_ids"][:, -tokens:]
         with pytest.raises(RuntimeError, match=r"changed outside pact.*start a new cache"):
-            tiny.model(input_ids=follow, cache=out.cache, use_cache=True)
+            tiny.model(input_ids=follow, **{CACHE: cache_of(out)}, use_cache=True)
 
 
 def test_decoder_called_directly_is_an_error(llava):

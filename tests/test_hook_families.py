@@ -15,6 +15,7 @@ from conftest import TINY_DECODER
 
 import pact
 from pact.hooks import families
+from pact.models.tiny_inputs import takes_token_types
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -57,15 +58,14 @@ def mistral3(window: int | None = WINDOW):
 
 def qwen3_vl(deepstack: list[int]):
     torch.manual_seed(0)
-    vision = hf.Qwen3VLVisionConfig(
+    vision = dict(
         depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=4,
         spatial_merge_size=2, temporal_patch_size=2, out_hidden_size=DECODER["hidden_size"],
         num_position_embeddings=64, deepstack_visual_indexes=deepstack,
     )  # fmt: skip
     rope = {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]}
-    text = hf.Qwen3VLTextConfig(
-        **DECODER, head_dim=16, rope_parameters=rope | {"mrope_interleaved": True}
-    )
+    text = DECODER | {"head_dim": 16, "rope_parameters": rope | {"mrope_interleaved": True}}
+    # Sub-configs as dicts: transformers 5.0 drops sub-config objects given to this class.
     config = hf.Qwen3VLConfig(
         text_config=text, vision_config=vision, image_token_id=IMAGE, video_token_id=VIDEO,
         vision_start_token_id=START, vision_end_token_id=END,
@@ -84,7 +84,9 @@ def qwen3_vl(deepstack: list[int]):
     ids = row[None]
     types = (ids == IMAGE).long()
     pixels = torch.randn(PATCHES**2, 3 * 2 * 4 * 4, generator=generator)
-    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "mm_token_type_ids": types}
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    if takes_token_types():
+        batch["mm_token_type_ids"] = types
     batch |= {"pixel_values": pixels, "image_grid_thw": torch.tensor([[1, PATCHES, PATCHES]])}
     return model, batch
 
@@ -159,3 +161,20 @@ def test_the_models_page_is_generated_from_the_table():
     page = (Path(__file__).resolve().parents[1] / "docs" / "models.md").read_text()
     assert "<!-- families table: generated from pact/hooks/families.py -->" in page
     assert "| family | class |" not in page  # never written by hand
+
+
+def test_this_transformers_is_in_the_declared_range():
+    """The suite runs on a transformers that pyproject.toml accepts; .ci/run runs these hook
+    tests again on the lowest release it accepts, so the declared range is the tested one."""
+    import re
+    from pathlib import Path
+
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "pyproject.toml").read_text(encoding="utf-8")
+    requirement = Requirement(re.search(r'"(transformers[^"]*)"', text).group(1))
+    assert requirement.specifier.contains(Version(hf.__version__))
+    ci = (root / ".ci" / "run").read_text(encoding="utf-8")
+    assert "transformers==$lowest" in ci and "tests/test_hook_*.py" in ci

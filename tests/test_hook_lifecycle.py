@@ -13,7 +13,7 @@ from contextlib import contextmanager
 
 import pytest
 import torch
-from helpers_hook import ROWS, all_hooks, greedy, logits, make_batches, tiny_model
+from helpers_hook import CACHE, ROWS, all_hooks, cache_of, greedy, logits, make_batches, tiny_model
 from transformers import StaticCache
 
 import pact
@@ -59,7 +59,7 @@ def test_reduced_cache_continued_after_detach_is_refused(llava):
     follow = row["input_ids"][:, -2:]
     sealed = r"pact has been detached.*Start a new cache"
     with pytest.raises(RuntimeError, match=sealed), torch.no_grad():
-        tiny.model(input_ids=follow, cache=out.cache, use_cache=True)
+        tiny.model(input_ids=follow, **{CACHE: cache_of(out)}, use_cache=True)
 
 
 def test_unreduced_cache_continues_after_detach_as_the_stock_model():
@@ -70,11 +70,11 @@ def test_unreduced_cache_continues_after_detach_as_the_stock_model():
     follow = torch.tensor([[5, 6]])
     with torch.no_grad():
         stock = tiny.model(**text, use_cache=True)
-        expected = tiny.model(input_ids=follow, cache=stock.cache, use_cache=True).logits
+        expected = tiny.model(input_ids=follow, **{CACHE: cache_of(stock)}, use_cache=True).logits
         with pact.attached(tiny.model, "tome"):
             out = tiny.model(**text, use_cache=True)
-        assert "get_seq_length" not in vars(out.cache)
-        continued = tiny.model(input_ids=follow, cache=out.cache, use_cache=True).logits
+        assert "get_seq_length" not in vars(cache_of(out))
+        continued = tiny.model(input_ids=follow, **{CACHE: cache_of(out)}, use_cache=True).logits
     torch.testing.assert_close(continued, expected, rtol=0, atol=1e-5)
 
 
@@ -88,7 +88,7 @@ def test_static_caches_are_refused_before_model_work(llava):
             greedy(tiny, batch, cache_implementation="offloaded")
         cache = StaticCache(config=tiny.model.config, max_cache_len=96)
         with pytest.raises(ValueError, match=r"a StaticCache of StaticLayer"), torch.no_grad():
-            tiny.model(**batch, cache=cache, use_cache=True)
+            tiny.model(**batch, **{CACHE: cache}, use_cache=True)
     assert ran == []
     assert torch.equal(logits(tiny, batch), reference)
 

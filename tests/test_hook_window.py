@@ -8,7 +8,7 @@ import pytest
 import torch
 import transformers as hf
 from conftest import TINY_DECODER
-from helpers_hook import TOL, tiny_model
+from helpers_hook import TOL, cache_of, tiny_model
 
 import pact
 from pact.bench.gpu.flash_check import COPIES, VECTORS, copies_inputs
@@ -146,9 +146,9 @@ def test_windowed_layers_keep_their_whole_reduced_cache():
     with pact.attached(model, "pact", overrides=["layer=2"], visual_token_ids=VISUAL_IDS) as h:
         _, out = run(model, batch, new_tokens=3)
         kept = h.stats.last[0].after_merge[0]
-    lengths = [layer.get_seq_length() for layer in out.cache.layers]
+    lengths = [layer.get_seq_length() for layer in cache_of(out).layers]
     assert lengths[2:] == [40 - 16 + kept + 2] * 4
-    assert all(len(layer.keys[0, 0]) == lengths[2] for layer in out.cache.layers[2:])
+    assert all(len(layer.keys[0, 0]) == lengths[2] for layer in cache_of(out).layers[2:])
 
 
 def test_flash_attention_refused_with_windowed_layers():
