@@ -37,7 +37,7 @@ from pact.tensors import (
 
 __version__ = "0.1.0"
 
-_HOOK_EXPORTS = ("attach", "attached", "PactHandle")
+_HOOK_EXPORTS = ("attach", "attached", "handle_of", "PactHandle")
 
 
 def __getattr__(name: str):
@@ -84,6 +84,7 @@ __all__ = [
     "UnknownPresetError",
     "attach",
     "attached",
+    "handle_of",
     "list_clusterers",
     "list_mergers",
     "list_presets",

@@ -72,14 +72,14 @@ class StageConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, frozen=True)
 
-    layer: int = Field(ge=0)
+    layer: int = Field(ge=0, strict=True)
     """Decoder layer (0-based) at whose input the visual tokens are reduced."""
     scorer: ScorerField | None = None
     """Importance scorer for pruning; None: no pruning."""
     keep_ratio: float | None = Field(None, ge=0.0, le=1.0)
     """Fraction of visual tokens the scorer keeps (floor, at least 1 unless 0); None: the
     scorer's default (euti 0.55, withdraw 0, others 0.5). Per row: a row's images share it."""
-    keep_tokens: int | None = Field(None, ge=1)
+    keep_tokens: int | None = Field(None, ge=1, strict=True)
     """Visual tokens the scorer keeps of each image (all of an image that has fewer), instead
     of ``keep_ratio``: the budgets papers report (64, 128, 192 per image). An image is a run of
     consecutive visual tokens, so the count is exact per image for any-resolution images and
@@ -264,7 +264,10 @@ def _parse_text(text: str, origin: str) -> dict[str, Any]:
     except yaml.YAMLError as error:
         raise ConfigError(f"{origin}: not valid YAML or JSON: {error}") from None
     if data is None:
-        return {}
+        raise ConfigError(
+            f"{origin} is empty; write 'stages: []' (or use the preset 'none') for the "
+            "unchanged model"
+        )
     if not isinstance(data, dict):
         raise ConfigError(f"{origin}: the top level must be a mapping; got {type(data).__name__}")
     return data

@@ -8,6 +8,7 @@ two runs is the hook's (or the model's batching, which the unreduced model bound
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from transformers import LlamaModel
 
 from pact.models import tiny_inputs as ti
 from pact.models.tiny import FAMILIES, FAMILY_TEXTS, TinyVLM, build, text_decoders
@@ -157,6 +159,19 @@ def rope_probe(model: nn.Module) -> Iterator[list[Tensor]]:
         yield seen
     finally:
         handle.remove()
+
+
+CACHE = (
+    "cache" if "cache" in inspect.signature(LlamaModel.forward).parameters else "past_key_values"
+)
+"""The name of a forward's KV cache argument and output (``past_key_values`` before
+transformers renamed it to ``cache``): ``model(**{CACHE: cache})``."""
+
+
+def cache_of(output: Any) -> Any:
+    """The KV cache a forward or ``generate`` returned, under either name."""
+    cache = getattr(output, "cache", None)
+    return output.past_key_values if cache is None else cache
 
 
 def cache_lengths(cache: Any) -> list[int]:

@@ -19,9 +19,9 @@ def stage(**fields) -> dict:
 
 # (config, pydantic loc, error type or None, substring of the message)
 FIELD_ERRORS = [
-    (stage(layer="x"), ("stages", 0, "layer"), "int_parsing", "valid integer"),
+    (stage(layer="x"), ("stages", 0, "layer"), "int_type", "valid integer"),
     (stage(layer=-1), ("stages", 0, "layer"), "greater_than_equal", "greater than or equal"),
-    (stage(layer=2.5), ("stages", 0, "layer"), "int_from_float", "integer"),
+    (stage(layer=2.5), ("stages", 0, "layer"), "int_type", "valid integer"),
     (
         stage(scorer="euti", keep_ratio=1.5),
         ("stages", 0, "keep_ratio"),
@@ -451,10 +451,36 @@ def test_a_file_without_a_config_suffix_is_read(tmp_path):
     assert PactConfig.load(str(path)).stages[0].scorer.name == "norm"
 
 
-def test_an_empty_file_is_the_empty_config(tmp_path):
+@pytest.mark.parametrize("text", ["", "# nothing\n", "null\n"])
+def test_an_empty_file_is_an_error_naming_it(tmp_path, text):
+    """An empty file is more likely a mistake than a wish for no reduction: it is refused,
+    and the message says how to ask for the unchanged model."""
     path = tmp_path / "empty.yaml"
-    path.write_text("# nothing\n", encoding="utf-8")
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"empty\.yaml is empty; write 'stages: \[\]'"):
+        PactConfig.load(path)
+    path.write_text("stages: []\n", encoding="utf-8")
     assert PactConfig.load(path) == PactConfig()
+
+
+@pytest.mark.parametrize(
+    ("stage", "field"),
+    [
+        ({"layer": True}, "stages.0.layer"),
+        ({"layer": 4.0}, "stages.0.layer"),
+        ({"layer": "4"}, "stages.0.layer"),
+        ({"layer": 2, "clusterer": {"name": "kmeans", "iterations": 5.0}}, "iterations"),
+        ({"layer": 2, "clusterer": {"name": "tome", "r": True}}, "stages.0.clusterer.r"),
+        ({"layer": 2, "scorer": {"name": "random", "seed": 1.5}}, "stages.0.scorer.seed"),
+        ({"layer": 2, "keep_tokens": 64.0}, "stages.0.keep_tokens"),
+        ({"layer": 2, "scorer": {"name": "dart", "image_pivots": True}}, "image_pivots"),
+        ({"layer": 2, "scorer": {"name": "dart", "text_pivots": 2.0}}, "text_pivots"),
+    ],
+)
+def test_integer_settings_take_integers_only(stage, field):
+    """YAML's ``true`` and ``4.0`` are not layer numbers or counts (pydantic would coerce)."""
+    with pytest.raises(ConfigError, match=rf"{field}: Input should be a valid integer"):
+        PactConfig.load({"stages": [stage]})
 
 
 def test_loading_a_dict_does_not_touch_it():

@@ -85,6 +85,15 @@ def test_reference_lists_every_registered_component(site: Path) -> None:
         assert f'id="preset-{name}"' in html
 
 
+def test_models_page_shows_the_family_table(site: Path) -> None:
+    from pact.hooks.families import VLM_FAMILIES
+
+    html = page(site, "models")
+    for family in VLM_FAMILIES.values():
+        assert f"<code>{family.model_class}</code>" in html, family.label
+    assert "families table" not in html  # the marker was replaced
+
+
 def test_reference_shows_the_cutoff_field_with_its_range(site: Path) -> None:
     html = page(site, "config-reference")
     assert "<td><code>cutoff</code></td>" in html

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers_hook import ROWS, cache_lengths, greedy, logits, make_batches, tiny_model
+from helpers_hook import ROWS, cache_lengths, cache_of, greedy, logits, make_batches, tiny_model
 
 import pact
 
@@ -60,5 +60,5 @@ def test_dispatched_model_reduces_like_the_plain_one(family, text):
     assert handle.stats.calls == 2
     assert torch.equal(reduced, expected)
     assert torch.equal(generated.sequences, expected_generated.sequences)
-    assert cache_lengths(generated.cache) == cache_lengths(expected_generated.cache)
+    assert cache_lengths(cache_of(generated)) == cache_lengths(cache_of(expected_generated))
     assert torch.equal(logits(dispatched, batch), unreduced)  # detached

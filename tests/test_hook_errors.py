@@ -6,13 +6,23 @@ from __future__ import annotations
 import pytest
 import torch
 import transformers as hf
-from helpers_hook import ROWS, all_hooks, cache_lengths, logits, make_batches, tiny_model
+from helpers_hook import (
+    CACHE,
+    ROWS,
+    all_hooks,
+    cache_lengths,
+    cache_of,
+    logits,
+    make_batches,
+    tiny_model,
+)
 from torch import nn
 
 import pact
 from pact.errors import ConfigError
 
 pytestmark = pytest.mark.usefixtures("single_thread")
+
 
 def assert_unchanged(tiny, batch, reference) -> None:
     """No trace of a failed attach: same attention, no handle, same logits, attachable."""
@@ -105,16 +115,6 @@ def test_layer_without_q_proj(tiny_decoder_config):
     assert model.get_decoder().config._attn_implementation != "pact_sdpa"
 
 
-def test_sliding_window_decoder_refused(tiny_decoder_config):
-    """Mistral applies its config's window in every layer (no attribute on the attention);
-    the reduced layers would count removed tokens, so attaching must refuse."""
-    model = hf.MistralForCausalLM(tiny_decoder_config("mistral", sliding_window=8))
-    with pytest.raises(TypeError, match="sliding-window attention"):
-        pact.attach(model, "pact", overrides=["layer=1"])
-    unwindowed = hf.MistralForCausalLM(tiny_decoder_config("mistral", sliding_window=None))
-    pact.attach(unwindowed, "pact", overrides=["layer=1"]).detach()
-
-
 def test_no_visual_token_ids_and_no_mask(llava):
     """A model with no image/video ids (here: ids overridden to none) needs an explicit
     mask at every prefill; the message says so, and the handle stays usable."""
@@ -159,12 +159,12 @@ def test_cache_changed_outside_pact(llava, tokens):
     row = make_batches(tiny, ROWS[:1], "left").batch
     with pact.attached(tiny.model, "pact"), torch.no_grad():
         out = tiny.model(**row, use_cache=True)
-        before = cache_lengths(out.cache)
-        out.cache.crop(-tokens)
-        assert cache_lengths(out.cache) == [length - tokens for length in before]
+        before = cache_lengths(cache_of(out))
+        cache_of(out).crop(-tokens)
+        assert cache_lengths(cache_of(out)) == [length - tokens for length in before]
         follow = row["input_ids"][:, -tokens:]
         with pytest.raises(RuntimeError, match=r"changed outside pact.*start a new cache"):
-            tiny.model(input_ids=follow, cache=out.cache, use_cache=True)
+            tiny.model(input_ids=follow, **{CACHE: cache_of(out)}, use_cache=True)
 
 
 def test_decoder_called_directly_is_an_error(llava):

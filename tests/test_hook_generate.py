@@ -10,10 +10,12 @@ from __future__ import annotations
 import pytest
 import torch
 from helpers_hook import (
+    CACHE,
     QWEN_VL,
     REPRESENTATIVE,
     TOL,
     cache_lengths,
+    cache_of,
     greedy,
     make_batches,
     rope_probe,
@@ -55,7 +57,7 @@ def test_generate_cache_lengths_and_positions(family, text, rows):
     assert min(removed) > 0
     reduced = width - min(removed)
     expected = [width + NEW - 1] * layer + [reduced + NEW - 1] * (8 - layer)
-    assert cache_lengths(cached.cache) == expected
+    assert cache_lengths(cache_of(cached)) == expected
     # New tokens continue the original numbering: the unreduced model's positions exactly.
     assert len(positions) == len(reference_positions) == NEW
     for step in range(1, NEW):
@@ -78,9 +80,11 @@ def test_stage_at_layer_zero_keeps_original_positions():
         with rope_probe(tiny.model) as positions:
             out = greedy(tiny, batch, NEW)
         first = handle.stats.last[0]
+        assert cache_of(out).get_seq_length() == width + NEW - 1  # the original length
+    held = width - (first.visual_in[0] - first.after_merge[0]) + 3
     assert first.after_merge[0] < first.visual_in[0]
-    assert cache_lengths(out.cache)[0] == width - (first.visual_in[0] - first.after_merge[0]) + 3
-    assert out.cache.get_seq_length() == width + NEW - 1  # the original length
+    assert cache_lengths(cache_of(out))[0] == held
+    assert cache_of(out).get_seq_length() == held  # detached: the cache's own answer again
     for step in range(1, NEW):
         assert torch.equal(positions[step], reference_positions[step])
 
@@ -111,10 +115,10 @@ def test_second_turn_text_continues_the_cache(family, text):
     mask = {} if family in QWEN_VL else {"attention_mask": whole["attention_mask"]}
     with pact.attached(tiny.model, "pact") as handle, torch.no_grad():
         turn1 = tiny.model(**first, use_cache=True)
-        lengths1 = cache_lengths(turn1.cache)
+        lengths1 = cache_lengths(cache_of(turn1))
         new_ids = whole["input_ids"][:, width:]
-        turn2 = tiny.model(input_ids=new_ids, cache=turn1.cache, use_cache=True, **mask)
-        lengths2 = cache_lengths(turn2.cache)
+        turn2 = tiny.model(input_ids=new_ids, **{CACHE: cache_of(turn1)}, use_cache=True, **mask)
+        lengths2 = cache_lengths(cache_of(turn2))
         assert handle.stats.calls == 1  # a text-only turn reduces nothing
         reference = tiny.model(**whole).logits
     assert [b - a for a, b in zip(lengths1, lengths2, strict=True)] == [6] * 8
@@ -134,9 +138,9 @@ def test_second_turn_with_a_new_image(family, text):
     def two_turns():
         with torch.no_grad(), rope_probe(tiny.model) as positions:
             turn1 = tiny.model(**first, use_cache=True)
-            lengths1 = cache_lengths(turn1.cache)
-            turn2 = tiny.model(**second, cache=turn1.cache, use_cache=True)
-        return turn2, lengths1, cache_lengths(turn2.cache), positions
+            lengths1 = cache_lengths(cache_of(turn1))
+            turn2 = tiny.model(**second, **{CACHE: cache_of(turn1)}, use_cache=True)
+        return turn2, lengths1, cache_lengths(cache_of(turn2)), positions
 
     reference, *_, reference_positions = two_turns()
     with pact.attached(tiny.model, "pact") as handle:

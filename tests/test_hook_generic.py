@@ -6,7 +6,16 @@ from __future__ import annotations
 import pytest
 import torch
 import transformers as hf
-from helpers_hook import ROWS, TOL, cache_lengths, make_batches, rope_probe, tiny_model
+from helpers_hook import (
+    CACHE,
+    ROWS,
+    TOL,
+    cache_lengths,
+    cache_of,
+    make_batches,
+    rope_probe,
+    tiny_model,
+)
 
 import pact
 
@@ -121,7 +130,7 @@ def test_generic_decoder_with_input_ids(kind, small_decoder):
             out = model.generate(**generate, return_dict_in_generate=True)
     removed = min(n - k for n, k in zip(stats.visual_in, stats.after_merge, strict=True))
     width = ids.shape[1]
-    assert cache_lengths(out.cache) == [width + 2] * 2 + [width - removed + 2] * 4
+    assert cache_lengths(cache_of(out)) == [width + 2] * 2 + [width - removed + 2] * 4
     for step in range(1, 3):
         assert torch.equal(seen[step], reference_positions[step])
 
@@ -137,7 +146,7 @@ def test_generic_decoder_without_a_mask_fails_at_each_prefill(small_decoder):
         out = model(input_ids=ids, attention_mask=attention, use_cache=True)
         # A decoding step on that cache needs no mask (its one token is text)...
         longer = torch.cat([attention, torch.ones_like(attention[:, :1])], dim=1)
-        step = model(input_ids=ids[:, -1:], attention_mask=longer, cache=out.cache)
+        step = model(input_ids=ids[:, -1:], attention_mask=longer, **{CACHE: cache_of(out)})
         assert step.logits.shape == (2, 1, 128)
         # ...but the mask is used once: the next prefill needs its own.
         with pytest.raises(ValueError, match="set_visual_mask"):

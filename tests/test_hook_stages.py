@@ -13,7 +13,7 @@ from contextlib import contextmanager
 
 import pytest
 import torch
-from helpers_hook import ROWS, cache_lengths, greedy, make_batches, tiny_model
+from helpers_hook import ROWS, cache_lengths, cache_of, greedy, make_batches, tiny_model
 
 import pact
 from pact.hooks.attention import KWARG
@@ -82,7 +82,7 @@ def test_tome_eight_stages_from_layer_zero():
     # Layer k's cache holds what stage k left, padded to the longest row.
     width = batch["input_ids"].shape[1]
     removed = [min(v - kept for v, kept in zip(visual, s.after_merge, strict=True)) for s in stats]
-    assert cache_lengths(out.cache) == [width - r + NEW - 1 for r in removed]
+    assert cache_lengths(cache_of(out)) == [width - r + NEW - 1 for r in removed]
 
 
 @pytest.mark.parametrize(("family", "text"), [("llava", "qwen2"), ("qwen2_5_vl", "qwen2")])
@@ -111,7 +111,7 @@ def test_pact_at_two_layers_nothing_dropped(family, text):
     once = width - min(v - k for v, k in zip(visual, stats[0].after_merge, strict=True))
     twice = width - min(v - k for v, k in zip(visual, stats[1].after_merge, strict=True))
     lengths = [width] * 2 + [once] * 3 + [twice] * 3
-    assert cache_lengths(out.cache) == [length + NEW - 1 for length in lengths]
+    assert cache_lengths(cache_of(out)) == [length + NEW - 1 for length in lengths]
 
 
 def test_pact_at_two_layers_with_dropping():

@@ -7,6 +7,7 @@ import inspect
 
 import pytest
 import torch
+from helpers_hook import cache_of
 
 from pact.models.tiny import FAMILIES, FAMILY_TEXTS, TinyVLM, build, build_shaped
 from pact.models.tiny_inputs import ANYRES_FAMILIES, QWEN_FAMILIES, VIDEO_FAMILIES
@@ -54,10 +55,10 @@ def run_and_check(tiny: TinyVLM, prompts: list[list[str]], padding_side: str = "
         )
     assert out.logits.shape[:2] == batch["input_ids"].shape
     assert torch.isfinite(out.logits).all()
-    assert out.cache is not None
+    assert cache_of(out) is not None
     width = batch["input_ids"].shape[1]
     assert generated.sequences.shape == (len(prompts), width + 3)
-    assert generated.cache.get_seq_length() == width + 2  # KV cache used while decoding
+    assert cache_of(generated).get_seq_length() == width + 2  # KV cache used while decoding
     return batch
 
 

@@ -26,9 +26,9 @@ class KmeansConfig(ClustererConfig):
 
     keep_ratio: float = Field(0.5, gt=0.0, le=1.0)
     """Clusters asked for: ``k = ceil(keep_ratio * n)`` (empty ones are dropped)."""
-    iterations: int = Field(20, ge=1)
+    iterations: int = Field(20, ge=1, strict=True)
     """Lloyd iterations."""
-    seed: int = 1234
+    seed: int = Field(1234, strict=True)
     """Seed of faiss's initialisation."""
 
 

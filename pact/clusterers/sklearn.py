@@ -31,7 +31,7 @@ class DbscanConfig(ClustererConfig):
 
     eps: float = Field(0.1, gt=0.0, le=2.0)
     """Neighbourhood radius (cosine distance)."""
-    min_samples: int = Field(2, ge=1)
+    min_samples: int = Field(2, ge=1, strict=True)
     """Neighbours (self included) that make a core point."""
     noise_as_clusters: bool = True
     """True: each noise point is its own cluster; False: noise points are removed."""

@@ -22,7 +22,7 @@ torch = lazy_module("torch")
 class TomeConfig(ClustererConfig):
     """Settings of ToMe. Set exactly one of ``r`` and ``merge_ratio``."""
 
-    r: int | None = Field(None, ge=0)
+    r: int | None = Field(None, ge=0, strict=True)
     """Pairs merged per call (capped at the size of set A, ``ceil(n / 2)``)."""
     merge_ratio: float | None = Field(None, ge=0.0, le=0.5)
     """Pairs merged as a fraction of the row's tokens: ``r = floor(merge_ratio * n)``."""

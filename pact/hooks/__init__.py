@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from pact.hooks.handle import PactHandle, attach, attached
+    from pact.hooks.handle import PactHandle, attach, attached, handle_of
     from pact.hooks.stats import HandleStats
 
 _EXPORTS = {
@@ -22,6 +22,7 @@ _EXPORTS = {
     "PactHandle": "pact.hooks.handle",
     "attach": "pact.hooks.handle",
     "attached": "pact.hooks.handle",
+    "handle_of": "pact.hooks.handle",
 }
 
 
@@ -34,4 +35,4 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'pact.hooks' has no attribute {name!r}")
 
 
-__all__ = ["HandleStats", "PactHandle", "attach", "attached"]
+__all__ = ["HandleStats", "PactHandle", "attach", "attached", "handle_of"]

@@ -21,6 +21,8 @@ from torch import Tensor, nn
 from transformers import AttentionInterface
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 
+from pact.hooks.families import sliding_window
+
 PREFIX = "pact_"
 KWARG = "pact_attention"
 # Flash kernels want head dims that are multiples of 8: the bias rides in one extra
@@ -41,6 +43,16 @@ class ReducedAttention:
     trailing_padding_only: bool = False
     """Whether every row's invalid keys come after all its valid ones (rows padded at the
     end, as reduction pads them)."""
+    key_positions: Tensor | None = None
+    """``[B, KV]`` each key's index in the unreduced cache; None: no layer has a window."""
+    query_positions: Tensor | None = None
+    """``[B, Q]`` the same for this call's queries."""
+    span: int = 0
+    """Largest query index minus smallest key index: a window wider masks nothing."""
+
+    def window_matters(self, window: int | None) -> bool:
+        """Whether a sliding window of ``window`` tokens hides some key from some query."""
+        return window is not None and self.key_positions is not None and self.span >= window
 
     def needs_mask(self, q_len: int, kv_len: int) -> bool:
         """Whether a plain causal kernel, given no mask, could let a real query see padding.
@@ -50,13 +62,22 @@ class ReducedAttention:
         """
         return self.any_padding and not (self.trailing_padding_only and q_len == kv_len)
 
-    def additive_mask(self, query: Tensor) -> Tensor:
-        """``[B, 1, Q, KV]`` causal + padding mask with the log-size bias, query dtype."""
+    def additive_mask(self, query: Tensor, window: int | None = None) -> Tensor:
+        """``[B, 1, Q, KV]`` causal + padding mask with the log-size bias, query dtype.
+
+        ``window``: a sliding window, measured in original positions (a query at index
+        ``q`` of the unreduced sequence sees keys at ``q - window < k <= q``), so that a
+        layer sees the same original tokens as in the unreduced model, minus removed ones.
+        """
         q_len, kv_len = query.shape[2], self.key_valid.shape[1]
         device = query.device
         query_index = torch.arange(kv_len - q_len, kv_len, device=device)
         causal = torch.arange(kv_len, device=device)[None, :] <= query_index[:, None]
         allowed = causal[None] & self.key_valid.to(device)[:, None, :]
+        if self.window_matters(window):
+            assert self.key_positions is not None and self.query_positions is not None
+            keys, queries = self.key_positions.to(device), self.query_positions.to(device)
+            allowed = allowed & (keys[:, None, :] > queries[:, :, None] - window)
         # finfo.min, not -inf: rows of padding queries must stay finite (their values feed
         # the next layer's keys and values, and NaN there would poison every row).
         bias = torch.zeros(allowed.shape, dtype=torch.float32, device=device)
@@ -121,9 +142,11 @@ def make_attention(original: str) -> Callable:
         if "flash" in original:
             return _flash(base, original, reduced, module, query, key, value, scaling, kwargs)
         q_len, kv_len = query.shape[2], key.shape[2]
-        if original == "sdpa" and q_len in (1, kv_len) and not reduced.needs_mask(q_len, kv_len):
+        window = sliding_window(module)
+        plain = not reduced.needs_mask(q_len, kv_len) and not reduced.window_matters(window)
+        if original == "sdpa" and q_len in (1, kv_len) and plain:
             return _sdpa_fast(base, reduced, module, query, key, value, scaling, kwargs)
-        mask = reduced.additive_mask(query)
+        mask = reduced.additive_mask(query, window)
         return base(module, query, key, value, mask, scaling=scaling, **kwargs)
 
     attention.__name__ = f"{PREFIX}{original}"

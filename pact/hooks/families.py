@@ -36,6 +36,10 @@ class Family:
 
     label: str
     """Human name, used in messages and the docs' supported-models table."""
+    model_class: str
+    """The transformers class the tests build (the docs' table shows it)."""
+    decoders: str
+    """The text decoders tested with it, as the docs' table shows them."""
     video: bool = False
     """Whether the model takes video (its video tokens are reduced like image tokens)."""
     grid: Grid | None = None
@@ -46,16 +50,62 @@ class Family:
     (Qwen-VL). None: no overlay is drawn for the family."""
     tiny: bool = False
     """Whether :mod:`pact.models.tiny` builds random-weight models of the family."""
+    injected: str | None = None
+    """Dotted path, in the model's config, of the list of vision layers whose features
+    are added to the decoder's hidden states after its first layers, one per layer
+    (Qwen3-VL's DeepStack); stages must come after those layers. None: no such feature."""
+    refusal: str | None = None
+    """Why pact refuses the family at attach time (None: supported)."""
 
+
+_LLAVA_DECODERS = "Llama, Qwen2, Mistral, Gemma"
+_DEEPSTACK = "vision_config.deepstack_visual_indexes"
+_GEMMA3_REFUSAL = (
+    "Gemma 3 lets the tokens of one image attend to each other in both directions, which "
+    "pact's reduced layers (causal attention over the kept tokens) do not reproduce; its "
+    "text decoder alone (Gemma3ForCausalLM, sliding windows included) is supported with "
+    "handle.set_visual_mask or visual_token_ids"
+)
 
 VLM_FAMILIES: dict[str, Family] = {
-    "llava": Family("LLaVA-1.5", grid="patches", tiny=True),
-    "llava_next": Family("LLaVA-NeXT", grid="anyres", tiny=True),
-    "llava_next_video": Family("LLaVA-NeXT-Video", video=True),
-    "llava_onevision": Family("LLaVA-OneVision", video=True, grid="anyres", tiny=True),
-    "qwen2_vl": Family("Qwen2-VL", video=True, grid="merged", tiny=True),
-    "qwen2_5_vl": Family("Qwen2.5-VL", video=True, grid="merged", tiny=True),
-}
+    "llava": Family(
+        "LLaVA-1.5", "LlavaForConditionalGeneration", _LLAVA_DECODERS, grid="patches", tiny=True
+    ),
+    "llava_next": Family(
+        "LLaVA-NeXT", "LlavaNextForConditionalGeneration", _LLAVA_DECODERS, grid="anyres",
+        tiny=True,
+    ),
+    "llava_next_video": Family(
+        "LLaVA-NeXT-Video", "LlavaNextVideoForConditionalGeneration",
+        "as LLaVA-NeXT (not built by the tests)",
+        video=True,
+    ),
+    "llava_onevision": Family(
+        "LLaVA-OneVision", "LlavaOnevisionForConditionalGeneration", _LLAVA_DECODERS,
+        video=True, grid="anyres", tiny=True,
+    ),
+    "qwen2_vl": Family(
+        "Qwen2-VL", "Qwen2VLForConditionalGeneration", "its own (Qwen2), M-RoPE", video=True,
+        grid="merged", tiny=True,
+    ),
+    "qwen2_5_vl": Family(
+        "Qwen2.5-VL", "Qwen2_5_VLForConditionalGeneration", "its own (Qwen2), M-RoPE",
+        video=True, grid="merged", tiny=True,
+    ),
+    "qwen3_vl": Family(
+        "Qwen3-VL", "Qwen3VLForConditionalGeneration",
+        "its own (Qwen3), interleaved M-RoPE; DeepStack: first stage after the injected layers",
+        video=True, injected=_DEEPSTACK,
+    ),
+    "mistral3": Family(
+        "Mistral 3 (Small 3.1)", "Mistral3ForConditionalGeneration",
+        "Mistral, with and without a sliding window",
+    ),
+    "gemma3": Family(
+        "Gemma 3", "Gemma3ForConditionalGeneration", "refused at attach (see below)",
+        refusal=_GEMMA3_REFUSAL,
+    ),
+}  # fmt: skip
 """Top-level ``config.model_type`` -> family; the visual mask comes from their token ids."""
 
 TEXT_DECODERS: dict[str, str] = {
@@ -65,6 +115,8 @@ TEXT_DECODERS: dict[str, str] = {
     "gemma": "Gemma",
     "qwen2_vl_text": "Qwen2-VL text",
     "qwen2_5_vl_text": "Qwen2.5-VL text",
+    "qwen3_vl_text": "Qwen3-VL text",
+    "gemma3_text": "Gemma 3 text (5 local : 1 global)",
 }
 """Decoder ``config.model_type`` values that are tested; others go through the generic path."""
 
@@ -82,12 +134,53 @@ def families_with(**facts: object) -> tuple[str, ...]:
 
 
 def supported_summary() -> str:
-    vlms = ", ".join(family.label for family in VLM_FAMILIES.values())
+    vlms = ", ".join(family.label for family in VLM_FAMILIES.values() if not family.refusal)
     return (
         f"supported VLMs: {vlms} (text decoders: {', '.join(TEXT_DECODERS.values())}); any "
         "other decoder whose layers take position_embeddings works given an explicit "
         "visual-token mask (handle.set_visual_mask)"
     )
+
+
+def injected_layers(model: nn.Module) -> int:
+    """How many first decoder layers get visual features added after them (0: none)."""
+    config = getattr(model, "config", None)
+    family = VLM_FAMILIES.get(getattr(config, "model_type", None))
+    if family is None or family.injected is None:
+        return 0
+    value = config
+    for part in family.injected.split("."):
+        value = getattr(value, part, None)
+    return len(value or ())
+
+
+def check_family(model: nn.Module) -> None:
+    """Refuse a family the table marks as refused, with its reason."""
+    family = VLM_FAMILIES.get(getattr(getattr(model, "config", None), "model_type", None))
+    if family is not None and family.refusal:
+        raise TypeError(f"pact does not reduce {family.label}: {family.refusal}")
+
+
+def models_table() -> str:
+    """The docs' supported-models table (markdown), one row per family of the table."""
+    rows = ["| family | class | text decoders tested | video |", "| --- | --- | --- | --- |"]
+    for family in VLM_FAMILIES.values():
+        video = "yes" if family.video else "–"
+        rows.append(f"| {family.label} | `{family.model_class}` | {family.decoders} | {video} |")
+    return "\n".join(rows)
+
+
+def check_injection(model: nn.Module, first: int) -> None:
+    """Refuse a first stage that reduces the sequence before visual features are injected."""
+    count = injected_layers(model)
+    if first < count:
+        label = VLM_FAMILIES[model.config.model_type].label
+        raise ValueError(
+            f"stages: layer {first} is too early for {label}, which adds visual features "
+            f"to the hidden states of every visual token after decoder layers 0..{count - 1} "
+            f"(DeepStack); a reduction there would cut those additions off. Place the first "
+            f"stage at layer {count} or later"
+        )
 
 
 def find_decoder(model: nn.Module) -> nn.Module:
@@ -126,12 +219,6 @@ def check_layer(layer: nn.Module, index: int) -> None:
             "pact reads a stage layer's projections before its forward, so place the layers "
             "from the first stage on on real devices (device_map without disk/cpu offload)"
         )
-    if sliding_window(attention):
-        raise TypeError(
-            f"decoder layer {index} uses sliding-window attention, which pact does not "
-            "reduce under (its window counts tokens that reduction removes); reduce at "
-            "layers without a sliding window, or use a config with sliding_window=None"
-        )
     rotary_function(attention)
 
 
@@ -145,6 +232,15 @@ def sliding_window(attention: nn.Module) -> int | None:
     if hasattr(attention, "sliding_window"):
         return attention.sliding_window
     return getattr(getattr(attention, "config", None), "sliding_window", None)
+
+
+def per_layer_rope(decoder: nn.Module) -> bool:
+    """Whether the decoder computes a rotary embedding per layer type (Gemma-3: local and
+    global layers use different bases), so each layer's cos/sin must be its own."""
+    import inspect
+
+    rotary = getattr(decoder, "rotary_emb", None)
+    return rotary is not None and "layer_type" in inspect.signature(rotary.forward).parameters
 
 
 def rotary_function(attention: nn.Module) -> Callable:
@@ -194,3 +290,7 @@ def visual_token_ids(model: nn.Module) -> list[int]:
         if isinstance(value, int):
             ids.append(value)
     return ids
+
+
+if __name__ == "__main__":  # the docs build reads the table from here (docs/hooks.py)
+    print(models_table())

@@ -8,6 +8,8 @@ wrapper of the same implementation. ``detach`` undoes all of it.
 
 from __future__ import annotations
 
+import copy
+import threading
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,35 +20,40 @@ import torch
 from torch import Tensor, nn
 
 from pact.config import PactConfig
-from pact.hooks import families
-from pact.hooks.attention import KWARG, ReducedAttention, pact_name
-from pact.hooks.state import (
-    Call,
-    Session,
-    View,
-    append_keys,
-    compose_assignment,
-    restore_length,
-    rope_to_pipeline,
-)
+from pact.hooks import caches, families
+from pact.hooks.attention import pact_name
+from pact.hooks.calls import CallHooks
+from pact.hooks.checks import check_call, checked_token_ids
+from pact.hooks.state import Call
 from pact.hooks.stats import HandleStats, decoder_shape
-from pact.hooks.views import reduced_view, shifted_view, view_to
 from pact.pipeline import Pipeline
-from pact.tensors import LayerInputs
 
 _HANDLE_ATTRIBUTE = "_pact_handle"
 
 
-def _cache_of(kwargs: dict[str, Any]) -> Any:
-    # transformers 5.x renamed the layers' `past_key_values` argument to `cache`.
-    return kwargs.get("cache", kwargs.get("past_key_values"))
+class _Marker:
+    """The model's pointer to its handle; a deep copy of the model points to the copy's."""
+
+    def __init__(self, handle: PactHandle):
+        self._ref = weakref.ref(handle)
+
+    def __call__(self) -> PactHandle | None:
+        return self._ref()
+
+    def __deepcopy__(self, memo: dict) -> _Marker:
+        handle = self._ref()
+        return _Marker(copy.deepcopy(handle, memo)) if handle is not None else self
 
 
-def _layer_device(layer: nn.Module) -> torch.device:
-    return layer.input_layernorm.weight.device
+def handle_of(model: nn.Module) -> PactHandle | None:
+    """The handle attached to ``model`` (a deep copy of an attached model has its own), or
+    None when pact is not attached."""
+    marker = getattr(model, _HANDLE_ATTRIBUTE, None)
+    handle = marker() if marker is not None else None
+    return handle if handle is not None and handle.attached else None
 
 
-class PactHandle:
+class PactHandle(CallHooks):
     """A model with pact attached. Use :func:`attach` to make one."""
 
     def __init__(self, model: nn.Module, config: PactConfig, visual_token_ids=None):
@@ -55,7 +62,7 @@ class PactHandle:
         self.decoder = families.find_decoder(model)
         self.pipelines = {stage.layer: Pipeline(stage) for stage in config.stages}
         self.token_ids = (
-            list(visual_token_ids)
+            checked_token_ids(visual_token_ids, model)
             if visual_token_ids is not None
             else families.visual_token_ids(model)
         )
@@ -67,16 +74,18 @@ class PactHandle:
         kept alone or not visual, its cluster's center when merged or retrieved), -1 when
         removed. Replaced by each reducing forward, emptied by :meth:`detach`."""
         self._sessions: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-        self._call: Call | None = None
-        self._pending_mask: Tensor | None = None
+        # Per-call state is per thread: one attached model may serve forwards from several.
+        self._local = threading.local()
+        self._lock = threading.Lock()
         self._hooks: list[Any] = []
         self._validate()
         self._install()
 
     # ----------------------------------------------------------------- attach time
     def _validate(self) -> None:
-        if getattr(self.model, _HANDLE_ATTRIBUTE, None) is not None:
+        if handle_of(self.model) is not None:
             raise ValueError("pact is already attached to this model; detach it first")
+        families.check_family(self.model)
         n_layers = len(self.decoder.layers)
         for stage in self.config.stages:
             if stage.layer >= n_layers:
@@ -89,16 +98,42 @@ class PactHandle:
         first = self.config.stages[0].layer
         for index in range(first, n_layers):
             families.check_layer(self.decoder.layers[index], index)
+        families.check_injection(self.model, first)
         self._validate_needs()
+        self._check_implementation(self.original_attention)
         self._attention_name = pact_name(self.original_attention)
 
-    def _validate_needs(self) -> None:
+    def _check_implementation(self, implementation: str) -> None:
+        """What an attention implementation cannot do with this config and decoder."""
         for stage, pipeline in zip(self.config.stages, self.pipelines.values(), strict=True):
-            if pipeline.needs_attention_scores and "flash" in self.original_attention:
+            if pipeline.needs_attention_scores and "flash" in implementation:
                 raise ValueError(
                     f"scorer {stage.scorer.name!r} needs attention scores, which "
-                    f"{self.original_attention} never forms; load the model with "
+                    f"{implementation} never forms; load the model with "
                     "attn_implementation='sdpa' or 'eager', or use the attention-free 'euti'"
+                )
+        if "flash" in implementation and self._windowed:
+            raise ValueError(
+                f"{implementation} applies sliding windows in cache slots, but pact measures "
+                "them in original positions (reduction removes slots); use "
+                "attn_implementation='sdpa' or 'eager' with sliding-window layers"
+            )
+
+    @property
+    def _windowed(self) -> bool:
+        """Whether a layer from the first stage on has a sliding window."""
+        first = self.config.stages[0].layer
+        return any(
+            families.sliding_window(layer.self_attn) for layer in self.decoder.layers[first:]
+        )
+
+    def _validate_needs(self) -> None:
+        for stage in self.config.stages:
+            if stage.position_mode != "keep" and families.per_layer_rope(self.decoder):
+                raise ValueError(
+                    f"position_mode {stage.position_mode!r} recomputes rotary embeddings, but "
+                    f"{type(self.decoder).__name__} computes one per layer type (local and "
+                    "global layers); use position_mode 'keep'"
                 )
             if stage.position_mode != "keep" and not hasattr(self.decoder, "rotary_emb"):
                 raise ValueError(
@@ -107,10 +142,15 @@ class PactHandle:
                 )
 
     def _install(self) -> None:
-        object.__setattr__(self.model, _HANDLE_ATTRIBUTE, weakref.ref(self))
+        object.__setattr__(self.model, _HANDLE_ATTRIBUTE, _Marker(self))
         if not self.config.stages:
             return
+        self._window_positions = self._windowed
+        self._per_layer_rope = families.per_layer_rope(self.decoder)
         self.decoder.config._attn_implementation = self._attention_name
+        # generate runs the vision tower before the model's forward: its cache is checked
+        # here, before that work.
+        object.__setattr__(self.model, "generate", self._generate)
         hooks = [
             self.model.register_forward_pre_hook(self._before_model, with_kwargs=True),
             self.model.register_forward_hook(self._after_model, always_call=True),
@@ -142,6 +182,8 @@ class PactHandle:
         """Remove every hook and restore the attention implementation.
 
         Idempotent, and a no-op once detached (so a stale handle never undoes a newer one).
+        Caches that hold reduced keys are sealed: continuing one raises an error, since the
+        stock model would misread it.
         """
         if not self.attached:
             return
@@ -150,13 +192,34 @@ class PactHandle:
                 hook.remove()
         finally:
             self._hooks = []
-            if self.config.stages:
+            if vars(self.model).get("generate") == self._generate:
+                del self.model.generate
+            # An implementation the user chose while attached stays (it was never wrapped).
+            if self.config.stages and self.decoder.config._attn_implementation == getattr(
+                self, "_attention_name", None
+            ):
                 self.decoder.config._attn_implementation = self.original_attention
             object.__delattr__(self.model, _HANDLE_ATTRIBUTE)
+            for cache, session in list(self._sessions.items()):
+                caches.release(cache, session)
             self._sessions = weakref.WeakKeyDictionary()
-            self._call = None
-            self._pending_mask = None
+            self._local = threading.local()
             self.last_assignments = []
+
+    def __deepcopy__(self, memo: dict) -> PactHandle:
+        """A deep copy of an attached model (``copy.deepcopy(model)``) gets its own handle:
+        the copied hooks call it, :func:`handle_of` finds it, and its ``detach`` frees the
+        copy alone. Caches and per-call state are not copied."""
+        clone = object.__new__(type(self))
+        memo[id(self)] = clone
+        fresh = {
+            "_sessions": weakref.WeakKeyDictionary(),
+            "_local": threading.local(),
+            "_lock": threading.Lock(),
+        }
+        for key, value in self.__dict__.items():
+            clone.__dict__[key] = fresh[key] if key in fresh else copy.deepcopy(value, memo)
+        return clone
 
     def __enter__(self) -> PactHandle:
         return self
@@ -167,7 +230,8 @@ class PactHandle:
     def set_visual_mask(self, mask: Tensor) -> None:
         """Mark the visual tokens of the next forward (``[batch, tokens]`` bool).
 
-        Needed for decoders without image/video token ids (the generic path); used once.
+        Needed for decoders without image/video token ids (the generic path); used once, by
+        the next forward of the model in the thread that called this.
         """
         if not isinstance(mask, Tensor) or mask.dtype != torch.bool or mask.dim() != 2:
             raise ValueError("set_visual_mask takes a [batch, tokens] bool tensor")
@@ -176,191 +240,42 @@ class PactHandle:
     # ------------------------------------------------------------------- call time
     def _before_model(self, module, args, kwargs):
         input_ids = kwargs.get("input_ids", args[0] if args else None)
+        input_ids = input_ids if isinstance(input_ids, Tensor) else None
+        mask, self._pending_mask = self._pending_mask, None
+        self._call = None
+        check_call(input_ids, kwargs.get("inputs_embeds"), mask, bool(self.token_ids))
+        caches.check_supported(caches.cache_of(kwargs))
+        self._follow_attention_choice()
         self._call = Call(
-            input_ids=input_ids if isinstance(input_ids, Tensor) else None,
-            attention_mask=kwargs.get("attention_mask"),
-            visual_mask=self._pending_mask,
+            input_ids=input_ids, attention_mask=kwargs.get("attention_mask"), visual_mask=mask
         )
         return None
 
-    def _after_model(self, module, args, output):
-        try:
-            # On an exception torch calls this hook with no output: nothing ran to count.
-            if self._call is not None and self._call.stats and output is not None:
-                self.stats.record(self._call.stats)
-                self.last_assignments = self._call.assignments
-        finally:
-            self._call = None
-            self._pending_mask = None
-        return None
-
-    def _after_decoder(self, module, args, output):
-        """Give the decoder's output the length of its input (see :func:`restore_length`)."""
-        call = self._call
-        if call is None or call.view is None or call.view.slots is None:
-            return None
-        view = call.view
-        hidden = output.last_hidden_state
-        slots, kept = view.slots.to(hidden.device), view.slot_mask.to(hidden.device)
-        output.last_hidden_state = restore_length(hidden, slots, kept, call.length)
-        return output
-
-    def _capture_rope(self, module, args, kwargs):
-        if self._call is not None:
-            self._call.rope_positions = args[1] if len(args) > 1 else kwargs.get("position_ids")
-        return None
-
-    def _before_layer(self, index: int, layer: nn.Module, args, kwargs):
-        call = self._call
-        if call is None:
-            raise RuntimeError(
-                "pact: a hooked decoder layer ran outside a forward of the attached model "
-                f"({type(self.model).__name__}); call that model (or generate) instead"
-            )
-        hidden = args[0] if args else kwargs["hidden_states"]
-        if call.view is None:
-            call.view = self._initial_view(call, hidden, kwargs)
-        if index in self.pipelines:
-            hidden = self._run_stage(index, layer, call, hidden, _cache_of(kwargs))
-        view = call.view
-        flash = "flash" in self.original_attention
-        kwargs.update(
-            position_embeddings=view.position_embeddings,
-            position_ids=None if flash else view.position_ids,
-            attention_mask=None,
+    def _generate(self, *args, **kwargs):
+        """The model's own ``generate``, after refusing a cache pact cannot follow."""
+        settings = kwargs.get("generation_config") or self.model.generation_config
+        implementation = kwargs.get(
+            "cache_implementation", getattr(settings, "cache_implementation", None)
         )
-        kwargs[KWARG] = view.attention
-        if args:
-            args = (hidden, *args[1:])
-        else:
-            kwargs["hidden_states"] = hidden
-        return args, kwargs
+        caches.check_implementation(implementation)
+        caches.check_supported(caches.cache_of(kwargs))
+        return type(self.model).generate(self.model, *args, **kwargs)
 
-    def _initial_view(self, call: Call, hidden: Tensor, kwargs: dict) -> View:
-        batch, tokens = hidden.shape[:2]
-        cache = _cache_of(kwargs)
-        call.session = Session() if cache is None else self._session(cache)
-        valid = torch.ones(batch, tokens, dtype=torch.bool, device=hidden.device)
-        mask = call.attention_mask
-        if isinstance(mask, Tensor) and mask.dim() == 2:
-            valid = mask[:, -tokens:].to(device=hidden.device, dtype=torch.bool)
-        view = View(
-            position_embeddings=kwargs["position_embeddings"],
-            position_ids=kwargs.get("position_ids"),
-            rope_positions=call.rope_positions,
-            visual=self._visual_mask(call, batch, tokens, hidden.device),
-            valid=valid,
-            sizes=torch.ones(batch, tokens, dtype=torch.float32, device=hidden.device),
-        )
-        call.session.full_length += tokens
-        call.length = tokens
-        return view
-
-    def _session(self, cache: Any) -> Session:
-        session = self._sessions.get(cache)
-        if session is None:
-            session = self._sessions[cache] = Session()
-            if self.config.stages[0].layer == 0:
-                _report_full_length(cache, session)
-        return session
-
-    def _visual_mask(self, call: Call, batch: int, tokens: int, device) -> Tensor:
-        if call.visual_mask is not None:
-            if tuple(call.visual_mask.shape) != (batch, tokens):
+    def _follow_attention_choice(self) -> None:
+        """Wrap the implementation the user set while attached (set_attn_implementation)."""
+        chosen = self.decoder.config._attn_implementation
+        if chosen == self._attention_name:
+            return
+        with self._lock:
+            if chosen.startswith("pact_"):
                 raise ValueError(
-                    f"set_visual_mask: mask shape {tuple(call.visual_mask.shape)} does not match "
-                    f"the sequence ({batch}, {tokens})"
+                    f"the decoder runs {chosen!r}, another pact wrapper: set a stock "
+                    "implementation ('eager', 'sdpa', 'flash_attention_2')"
                 )
-            return call.visual_mask.to(device)
-        if self.token_ids:
-            ids = call.input_ids
-            if ids is None or ids.shape[-1] != tokens:
-                raise ValueError(
-                    "pact finds visual tokens from input_ids; this call gave "
-                    f"{'none' if ids is None else tuple(ids.shape)} for {tokens} tokens: pass "
-                    "input_ids, or mark them with handle.set_visual_mask"
-                )
-            return torch.isin(ids, torch.tensor(self.token_ids, device=ids.device)).to(device)
-        if call.session is not None and call.session.full_length == 0 and tokens > 1:
-            raise ValueError(
-                f"{type(self.model).__name__} has no image/video token ids: call "
-                "handle.set_visual_mask(mask) before each forward that starts a sequence"
-            )
-        return torch.zeros(batch, tokens, dtype=torch.bool, device=device)
-
-    def _run_stage(self, index: int, layer: nn.Module, call: Call, hidden: Tensor, cache) -> Tensor:
-        pipeline = self.pipelines[index]
-        stage = pipeline.stage
-        device = _layer_device(layer)
-        hidden = hidden.to(device)
-        view = view_to(call.view, device)
-        session = call.session
-        previous = session.stages.get(index)
-        _check_cache(cache, index, previous)
-        if bool(view.visual.any()):
-            qk = families.layer_projections(layer, hidden, view.position_embeddings)
-            positions = None
-            if view.rope_positions is not None:
-                positions = rope_to_pipeline(view.rope_positions.to(device), hidden.shape[0])
-            inputs = LayerInputs(hidden, view.visual, qk, positions, view.sizes, view.valid)
-            reduction = pipeline(inputs)
-            call.stats.append(reduction.stats)
-            previous_assignment = call.assignments[-1] if call.assignments else None
-            call.assignments.append(
-                compose_assignment(previous_assignment, view, reduction.assignment, call.length)
-            )
-            rotary = getattr(self.decoder, "rotary_emb", None)
-            view, shift = reduced_view(view, reduction, stage.position_mode, rotary)
-            hidden = reduction.hidden
-            keys = append_keys(previous, view.valid, view.sizes)
-            if shift is not None:
-                keys.position_shift = shift
-        else:
-            if previous is not None and previous.position_shift is not None:
-                view = shifted_view(view, previous.position_shift, hidden, self.decoder.rotary_emb)
-            keys = append_keys(previous, view.valid, view.sizes)
-        session.stages[index] = keys
-        log_sizes = torch.log(keys.sizes) if stage.proportional_attention else None
-        view.attention = ReducedAttention(keys.valid, log_sizes, *_padding_layout(keys.valid))
-        call.view = view
-        return hidden
-
-
-def _padding_layout(valid: Tensor) -> tuple[bool, bool]:
-    """(any key invalid, invalid keys only trail each row), with one host sync."""
-    trailing = (valid[:, 1:] <= valid[:, :-1]).all()
-    any_padding, trailing_only = torch.stack([~valid.all(), trailing]).tolist()
-    return any_padding, trailing_only
-
-
-def _check_cache(cache: Any, index: int, previous) -> None:
-    """The cache must hold what pact recorded: a cropped or foreign cache is an error."""
-    if cache is None or not hasattr(cache, "layers") or index >= len(cache.layers):
-        return
-    expected = 0 if previous is None else previous.valid.shape[1]
-    held = cache.layers[index].get_seq_length()
-    if held != expected:
-        raise RuntimeError(
-            f"the KV cache of layer {index} holds {held} tokens but pact recorded {expected}: "
-            "the cache was changed outside pact (cropped, or filled by another model); start a "
-            "new cache"
-        )
-
-
-def _report_full_length(cache: Any, session: Session) -> None:
-    """Make ``cache.get_seq_length()`` report the original length when layer 0 is reduced.
-
-    Models derive the positions of new tokens from layer 0's cache length; a stage at
-    layer 0 shortens it, so this cache (and only it) answers with the unreduced length.
-    """
-    stock = cache.get_seq_length
-
-    def get_seq_length(layer_idx: int = 0, *args, **kwargs) -> int:
-        if layer_idx == 0:
-            return session.full_length
-        return stock(layer_idx, *args, **kwargs)
-
-    cache.get_seq_length = get_seq_length
+            self._check_implementation(chosen)
+            self._attention_name = pact_name(chosen)
+            self.original_attention = chosen
+            self.decoder.config._attn_implementation = self._attention_name
 
 
 def attach(

@@ -24,6 +24,9 @@ class StageKeys:
     """``[B, KV]`` bool."""
     sizes: Tensor
     """``[B, KV]`` float32."""
+    positions: Tensor | None = None
+    """``[B, KV]`` long: each key's index in the unreduced cache (what sliding windows are
+    measured in); None unless the model has sliding-window layers from this stage on."""
     position_shift: Tensor | None = None
     """``[B]`` how far renumbered positions lie behind the original ones (renumber mode)."""
 
@@ -35,6 +38,8 @@ class Session:
     stages: dict[int, StageKeys] = field(default_factory=dict)
     full_length: int = 0
     """Tokens seen in the original numbering (what an unreduced layer-0 cache would hold)."""
+    reduced: bool = False
+    """Whether a stage ran on this cache's tokens (then only pact can continue it)."""
 
 
 @dataclass
@@ -108,14 +113,19 @@ def pipeline_to_rope(positions: Tensor, like: Tensor) -> Tensor:
     return positions.permute(2, 0, 1)
 
 
-def append_keys(previous: StageKeys | None, valid: Tensor, sizes: Tensor) -> StageKeys:
+def append_keys(
+    previous: StageKeys | None, valid: Tensor, sizes: Tensor, positions: Tensor | None = None
+) -> StageKeys:
     """The stage's cache after this chunk: earlier keys, then the chunk's."""
     if previous is None:
-        return StageKeys(valid=valid, sizes=sizes.float())
+        return StageKeys(valid=valid, sizes=sizes.float(), positions=positions)
     device = previous.valid.device
+    if positions is not None and previous.positions is not None:
+        positions = torch.cat([previous.positions, positions.to(device)], dim=1)
     return StageKeys(
         valid=torch.cat([previous.valid, valid.to(device)], dim=1),
         sizes=torch.cat([previous.sizes, sizes.float().to(device)], dim=1),
+        positions=positions,
         position_shift=previous.position_shift,
     )
 

@@ -334,20 +334,20 @@ def _qwen_config(family: str, shape: dict, layout: ti.Layout):
     vision |= {"spatial_merge_size": layout.merge, "temporal_patch_size": layout.temporal}
     ids = {"image_token_id": layout.image_id, "video_token_id": layout.video_id}
     ids |= {"vision_start_token_id": layout.wrap_ids[0], "vision_end_token_id": layout.wrap_ids[1]}
+    # Sub-configs as dicts: transformers 5.0 drops sub-config objects given to these classes.
     if family == "qwen2_vl":
-        vision_config = hf.Qwen2VLVisionConfig(
-            **vision, embed_dim=VISION_WIDTH, hidden_size=shape["hidden"], mlp_ratio=2
-        )
+        vision_config = vision | {"embed_dim": VISION_WIDTH, "hidden_size": shape["hidden"]}
         text = hf.Qwen2VLTextConfig(**_decoder_kwargs(shape), rope_parameters=rope)
-        return hf.Qwen2VLConfig(text_config=text, vision_config=vision_config, **ids)
+        return hf.Qwen2VLConfig(
+            text_config=text.to_dict(), vision_config=vision_config | {"mlp_ratio": 2}, **ids
+        )
     window = 4 * layout.merge * layout.patch  # 4x4 merged tokens per attention window
-    vision_config = hf.Qwen2_5_VLVisionConfig(
-        **vision,
-        hidden_size=VISION_WIDTH,
-        intermediate_size=2 * VISION_WIDTH,
-        out_hidden_size=shape["hidden"],
-        window_size=window,
-        fullatt_block_indexes=[],
-    )
+    vision_config = vision | {
+        "hidden_size": VISION_WIDTH,
+        "intermediate_size": 2 * VISION_WIDTH,
+        "out_hidden_size": shape["hidden"],
+        "window_size": window,
+        "fullatt_block_indexes": [],
+    }
     text = hf.Qwen2_5_VLTextConfig(**_decoder_kwargs(shape), rope_parameters=rope)
-    return hf.Qwen2_5_VLConfig(text_config=text, vision_config=vision_config, **ids)
+    return hf.Qwen2_5_VLConfig(text_config=text.to_dict(), vision_config=vision_config, **ids)

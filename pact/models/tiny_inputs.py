@@ -245,9 +245,19 @@ def pad_rows(layout: Layout, rows: list[Row], padding_side: str) -> dict[str, to
         mask[index, span] = 1
         types[index, span] = torch.tensor(row.types, dtype=torch.long)
     batch = {"input_ids": ids, "attention_mask": mask}
-    if layout.family in QWEN_FAMILIES:
+    if layout.family in QWEN_FAMILIES and takes_token_types():
         batch["mm_token_type_ids"] = types
     return batch
+
+
+def takes_token_types() -> bool:
+    """Whether this transformers' Qwen-VL models take ``mm_token_type_ids`` (newer 5.x
+    releases need it for M-RoPE; earlier ones find visual tokens from the ids alone)."""
+    import inspect
+
+    from transformers import Qwen2VLModel
+
+    return "mm_token_type_ids" in inspect.signature(Qwen2VLModel.forward).parameters
 
 
 def vision_tensors(layout: Layout, rows: list[Row]) -> dict[str, torch.Tensor]:

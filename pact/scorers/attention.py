@@ -32,7 +32,7 @@ class AttentionConfig(ScorerConfig):
     query: Literal["last", "all"] = "last"
     """Whose attention ranks the tokens: each row's last real token (FastV and PyramidDrop as
     published), or the mean over all real query positions (pact's variant)."""
-    query_chunk: int = Field(1024, ge=1)
+    query_chunk: int = Field(1024, ge=1, strict=True)
     """Queries processed at once with ``query: all``; bounds memory to
     ``B x H x query_chunk x N`` floats."""
 

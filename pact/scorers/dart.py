@@ -37,9 +37,9 @@ torch = lazy_module("torch")
 class DartConfig(ScorerConfig):
     """Settings of DART (the paper's defaults: 4 image and 4 text pivots)."""
 
-    image_pivots: int = Field(4, ge=1)
+    image_pivots: int = Field(4, ge=1, strict=True)
     """Visual tokens with the largest key L1 norm that are kept as pivots."""
-    text_pivots: int = Field(4, ge=0)
+    text_pivots: int = Field(4, ge=0, strict=True)
     """Instruction tokens with the largest key L1 norm that pick visual tokens (not kept by
     DART: text is never removed)."""
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from pydantic import Field
+
 from pact.lazy import lazy_module
 from pact.registry import register_scorer
 from pact.scorers.base import Scorer, ScorerConfig
@@ -18,7 +20,7 @@ torch = lazy_module("torch")
 class RandomConfig(ScorerConfig):
     """Settings of the random scorer."""
 
-    seed: int = 0
+    seed: int = Field(0, strict=True)
     """Seed of the generator; a row with the same number of real tokens draws the same scores,
     whatever the batch around it and its padding."""
 
