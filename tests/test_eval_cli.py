@@ -172,7 +172,7 @@ def test_missing_lmms_eval_says_how_to_install(monkeypatch, capsys, no_model_wor
     monkeypatch.setattr(command, "lmms_eval_available", lambda: False)
     assert main(["eval", "--model", "tiny:llava", "--tasks", "mme"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("pact eval: ") and 'pip install "pact[eval]"' in err
+    assert err.startswith("pact eval: ") and 'pip install "pact-vlm[eval]"' in err
 
 
 @pytest.mark.parametrize(

@@ -30,7 +30,7 @@ DESCRIPTION = (
     "Run lmms-eval tasks on a VLM with a pact config attached and print each task's "
     "metrics next to the visual tokens kept, the reduction ratio and the mean prefill and "
     "generation seconds per request (a request's seconds are those of its batch). Needs "
-    'lmms-eval: pip install "pact[eval]".'
+    'lmms-eval: pip install "pact-vlm[eval]".'
 )
 
 

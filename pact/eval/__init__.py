@@ -1,6 +1,6 @@
 """Evaluation with lmms-eval: the lmms-eval model ``pact`` (``pact eval`` is its command).
 
-lmms-eval is optional (``pip install "pact[eval]"``) and slow to import, so nothing here
+lmms-eval is optional (``pip install "pact-vlm[eval]"``) and slow to import, so nothing here
 imports it at module level: :mod:`pact.eval.lmms` (the wrapper class) does, and is only
 imported when an evaluation runs; :mod:`pact.eval.runner` is what the wrapper does with a
 model, free of lmms-eval.
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 
-INSTALL_HINT = 'lmms-eval is not installed; install it with: pip install "pact[eval]"'
+INSTALL_HINT = 'lmms-eval is not installed; install it with: pip install "pact-vlm[eval]"'
 WRAPPER_PATH = "pact.eval.lmms.PactLMM"
 
 
