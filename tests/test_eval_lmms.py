@@ -178,8 +178,6 @@ def test_requests_of_several_kinds_and_refusals():
     lm.task_dict = {TASK: {SPLIT: video}}
     with pytest.raises(ValueError, match="videos and audio are not supported"):
         lm.generate_until(requests(docs=video))
-    with pytest.raises(NotImplementedError, match="single-turn"):
-        lm.generate_until_multi_round([])
 
 
 def test_generation_kwargs_and_totals():
@@ -215,13 +213,17 @@ def test_registered_with_lmms_eval_and_built_from_an_argument_string():
     from lmms_eval.models import get_model
 
     from pact.eval import lmms_manifest
+    from pact.eval.chat import PactChatLMM
     from pact.eval.lmms import PactLMM
 
-    assert get_model("pact") is PactLMM and MODEL_REGISTRY["pact"] is PactLMM
+    # lmms-eval's rule: the chat form unless --force_simple.
+    assert get_model("pact") is PactChatLMM and get_model("pact", force_simple=True) is PactLMM
+    assert MODEL_REGISTRY["pact"] is PactLMM
     pyproject = Path(__file__).parents[1].joinpath("pyproject.toml").read_text("utf-8")
     entry_point = '[project.entry-points."lmms_eval.models"]\npact = "pact.eval:lmms_manifest"'
     assert entry_point in pyproject
     assert lmms_manifest().simple_class_path == "pact.eval.lmms.PactLMM"
+    assert lmms_manifest().chat_class_path == "pact.eval.chat.PactChatLMM"
     lm = PactLMM.create_from_arg_string(
         "pretrained=tiny:llava,config=pact,overrides=keep_ratio=0.3;clusterer.cutoff=0.3",
         {"batch_size": 2, "device": "cpu", "max_batch_size": None},
