@@ -6,6 +6,7 @@ import json
 import re
 
 import pytest
+import torch
 from helpers_eval import FAMILY, expected, noise_images, write_task
 
 import pact
@@ -106,6 +107,7 @@ def test_missing_lmms_eval_says_how_to_install(monkeypatch, capsys, no_model_wor
     [
         (["--batch-size", "0"], r"--batch-size must be at least 1"),
         (["--max-new-tokens", "0"], r"--max-new-tokens must be at least 1"),
+        (["--max-pixels", "0"], r"--max-pixels must be at least 1"),
         (["--limit", "0"], r"--limit takes a count or a fraction"),
         (["--limit", "2.5"], r"--limit takes a count or a fraction"),
         (["--output", "/no/such/folder/report.json"], r"--output: folder"),
@@ -142,3 +144,63 @@ def test_unknown_task_is_named_with_close_names(tmp_path, capsys, monkeypatch, n
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "--tasks: unknown task 'tiny_vq' (close: tiny_vqa)" in err
+
+
+CHOICE_YAML = """task: tiny_choice
+dataset_path: {data}
+dataset_kwargs:
+  load_from_disk: true
+test_split: test
+output_type: multiple_choice
+doc_to_visual: !function tiny_utils.doc_to_visual
+doc_to_text: "{{{{question}}}}"
+doc_to_choice: ["yes", "no"]
+doc_to_target: answer
+metric_list:
+  - metric: acc
+    aggregation: mean
+    higher_is_better: true
+"""
+
+
+def _choice_losses(images) -> list[dict[str, float]]:
+    """HF's loss of ' yes' and of ' no' after each question, with pact attached."""
+    from helpers_eval import questions
+
+    from pact.models.tiny_processor import load_tiny
+
+    processor, model = load_tiny(FAMILY)
+    losses = []
+    for image, question in zip(images, questions(len(images)), strict=True):
+        content = [{"type": "image"}, {"type": "text", "text": question}]
+        prompt = processor.apply_chat_template(
+            [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False
+        )
+        context = processor(images=[image], text=[prompt], return_tensors="pt")
+        row = {}
+        for choice in ("yes", "no"):
+            full = processor(images=[image], text=[f"{prompt} {choice}"], return_tensors="pt")
+            labels = full["input_ids"].clone()
+            labels[:, : context["input_ids"].shape[1]] = -100
+            with pact.attached(model, "pact"), torch.no_grad():
+                row[choice] = model(**full, labels=labels).loss.item()
+        losses.append(row)
+    return losses
+
+
+def test_multiple_choice_task_runs_the_simple_form_in_batches(tmp_path, capsys):
+    pytest.importorskip("lmms_eval")
+    images = noise_images(4)
+    # lmms-eval scores a choice right when its loss is the least.
+    picks = [min(row, key=row.get) for row in _choice_losses(images)]
+    flipped = {"yes": "no", "no": "yes"}
+    write_task(tmp_path, images, [*picks[:3], flipped[picks[3]]], CHOICE_YAML, "tiny_choice")
+    output = tmp_path / "report.json"
+    argv = ["eval", "--model", f"tiny:{FAMILY}", "--tasks", "tiny_choice", "--device", "cpu",
+            "--include-path", str(tmp_path), "--batch-size", "auto",
+            "--output", str(output)]  # fmt: skip
+    assert main(argv) == 0, capsys.readouterr().err
+    report = json.loads(output.read_text(encoding="utf-8"))
+    assert report["interface"] == "simple"  # log-likelihoods go to lmms-eval's simple form
+    assert report["results"]["tiny_choice"]["acc,none"] == 0.75
+    assert report["pact"]["overall"]["requests"] == 8  # two choices per document

@@ -107,3 +107,41 @@ def test_lmms_eval_under_accelerate_launch_splits_and_reports_once(task, tmp_pat
         f"reduction {1 - visual_out / visual_in:.4f}, requests {DOCS}"
     )
     assert logged == 1  # summed over the ranks, reported by rank 0 alone
+
+
+def test_each_rank_takes_its_device_and_its_share_of_the_gpus(monkeypatch):
+    from pact.eval.parallel import Ranks, rank_device, rank_placement
+
+    alone, second = Ranks(), Ranks(rank=1, local_rank=1, world_size=2)
+    assert rank_device("cpu", second) == "cpu" and rank_device("cuda:1", alone) == "cuda:1"
+    assert rank_device("cuda", second) == "cuda:1"
+    with pytest.raises(ValueError, match="device 'cuda:0' names one GPU, but 2 processes"):
+        rank_device("cuda:0", second)
+    assert rank_placement(None, second) == {} and rank_placement("auto", alone) == {
+        "device_map": "auto"
+    }
+    with pytest.raises(ValueError, match="device_map='sequential' places the model for one"):
+        rank_placement("sequential", second)
+    # A machine with four GPUs and two processes: rank 1 spreads over GPUs 2 and 3.
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 4)
+    monkeypatch.setattr("torch.cuda.mem_get_info", lambda gpu: (1000 + gpu, 2000))
+    placement = rank_placement("auto", second)
+    assert placement == {"device_map": "auto", "max_memory": {2: 1002, 3: 1003}}
+    assert rank_device("cuda", second, placement) == "cuda:2"
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 1)
+    with pytest.raises(ValueError, match="needs at least one GPU each; torch sees 1"):
+        rank_placement("auto", second)
+
+
+def test_ranks_come_from_the_launchers_environment(monkeypatch):
+    from pact.eval.parallel import Ranks
+
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    assert Ranks.from_env() == Ranks() and Ranks.from_env().main
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    ranks = Ranks.from_env()
+    assert ranks == Ranks(3, 1, 4) and ranks.parallel and not ranks.main

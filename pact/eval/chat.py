@@ -44,26 +44,21 @@ class PactChatLMM(PactLMM):
         self.totals.add(first[4], totals)
         return answers
 
-    def _rounds(self, handle, args) -> tuple[str, ...]:
+    def _rounds(self, handle, args) -> list[str]:
         """Every round's answer: ``doc_to_messages`` is asked for round 1, 2, ... with the
         answers so far, until it says the dialogue is over."""
         _, doc_to_messages, gen_kwargs, doc_id, task, split = args
         doc = self._doc(task, split, doc_id)
-        generation = Generation.from_kwargs(dict(gen_kwargs), self.max_new_tokens)
-        messages = doc_to_messages(doc)
-        outputs: list[str] = []
-        info = None
-        while True:
-            if outputs:
-                messages, over, previous, info = doc_to_messages(
-                    doc, round_idx=len(outputs), previous_output=list(outputs),
-                    previous_round_info=info,
-                )  # fmt: skip
-                outputs = list(previous)
-                if over:
-                    return tuple(outputs)
-            text, images = self._chat_prompt(messages, task)
-            outputs.append(self._generate_one(handle, task, text, images, generation))
+
+        def next_turn(outputs: list[str], info):
+            messages, over, previous, info = doc_to_messages(
+                doc, round_idx=len(outputs), previous_output=list(outputs),
+                previous_round_info=info,
+            )  # fmt: skip
+            return (None if over else self._chat_prompt(messages, task)), previous, info
+
+        first = self._chat_prompt(doc_to_messages(doc), task)
+        return self._dialogue(handle, task, gen_kwargs, first, next_turn)
 
     def _chat_prompt(self, messages: list[dict], task: str) -> tuple[str, list]:
         """The prompt text and its images, in order, from lmms-eval's chat messages."""

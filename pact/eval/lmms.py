@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+from lmms_eval.api.instance import GenerationResult
 from lmms_eval.api.model import lmms
 from lmms_eval.api.registry import register_model
 from lmms_eval.models import MODEL_REGISTRY_V2
@@ -59,6 +60,16 @@ def parse_batch_size(batch_size: int | str, max_batch_size: int | None) -> tuple
         start = max_batch_size or AUTO_BATCH_START
         return positive_int(start, "max_batch_size"), True
     return positive_int(batch_size, "batch_size"), False
+
+
+class LogLikelihood(tuple, GenerationResult):
+    """``(mean token loss of the continuation, greedy?)``, which is also an lmms-eval
+    ``GenerationResult`` whose ``text`` is that pair.
+
+    lmms-eval 0.7.3's evaluator keeps a ``GenerationResult``'s ``text`` as it is but turns
+    any other output that is not text into its ``str``, so plain ``(float, bool)`` pairs
+    reach the task's scoring as strings and every log-likelihood task fails there.
+    """
 
 
 @register_model("pact")
@@ -155,16 +166,20 @@ class PactLMM(lmms):
         return self._answer(requests, "generate_until", _generation_group, self._generate_chunk)
 
     def loglikelihood(self, requests) -> list[tuple[float, bool]]:
-        """``(log p(continuation | context), continuation is greedy)`` per request."""
+        """``(mean token loss of the continuation, continuation is greedy)`` per request:
+        lmms-eval 0.7's convention (its models return HF's loss; its multiple-choice
+        scoring picks the choice of least loss), i.e. ``-log p(continuation | context)``
+        divided by the continuation's token count."""
         return self._answer(requests, "loglikelihood", _task_group, self._loglikelihood_chunk)
 
-    def generate_until_multi_round(self, requests) -> list[tuple[str, ...]]:
-        """Each request's answers of every round: the task's ``doc_to_text`` is asked for
-        round 1, 2, ... with the answers so far, until it says the dialogue is over."""
-        answers: list[tuple[str, ...]] = []
+    def generate_until_multi_round(self, requests) -> list[list[str]]:
+        """Each request's answers of every round (a list: lmms-eval passes lists of text on
+        to the task as they are): the task's ``doc_to_text`` is asked for round 1, 2, ...
+        with the answers so far, until it says the dialogue is over."""
+        answers: list[list[str]] = []
         with attached(self.model, self.pact_config) as handle:
             for request in self._progress(requests, "pact generate_until_multi_round"):
-                answers.append(() if _padding(request) else self._rounds(handle, request.args))
+                answers.append([] if _padding(request) else self._rounds(handle, request.args))
         return answers
 
     def clean(self) -> None:
@@ -199,7 +214,7 @@ class PactLMM(lmms):
             chunks = collator.get_batched(n=self.batch_size)
             for chunk in self._progress(chunks, f"pact {kind}"):
                 outputs += self._fitting(chunk, lambda rows: run_chunk(handle, rows))
-        empty = "" if kind == "generate_until" else (0.0, False)
+        empty = "" if kind == "generate_until" else LogLikelihood((0.0, False))
         answers = [empty] * len(requests)
         for index, output in zip(live, collator.get_original(outputs), strict=True):
             answers[index] = output
@@ -245,28 +260,38 @@ class PactLMM(lmms):
             rows.append((self._prompt(context, visuals), continuation, visuals))
         results, totals = self.runner.loglikelihood(handle, rows)
         self.totals.add(chunk[0][4], totals)
-        return results
+        return [LogLikelihood(result) for result in results]
 
-    def _rounds(self, handle, args) -> tuple[str, ...]:
+    def _rounds(self, handle, args) -> list[str]:
         context, gen_kwargs, doc_to_visual, doc_to_text, doc_id, task, split = args
         doc = self._doc(task, split, doc_id)
-        generation = Generation.from_kwargs(dict(gen_kwargs), self.max_new_tokens)
         visuals = self._visuals(doc_to_visual, task, split, doc_id)
+
+        def next_turn(outputs: list[str], info):
+            visuals, context, over, previous, info = doc_to_text(
+                doc, previous_output=list(outputs), round_idx=len(outputs),
+                previous_round_info=info,
+            )  # fmt: skip
+            if over:
+                return None, previous, info
+            images = request_images(visuals or [], task)
+            return (self._prompt(context, images), images), previous, info
+
+        first = (self._prompt(context, visuals), visuals)
+        return self._dialogue(handle, task, gen_kwargs, first, next_turn)
+
+    def _dialogue(self, handle, task: str, gen_kwargs, turn, next_turn) -> list[str]:
+        """Answer ``turn`` (prompt text, images), then each turn ``next_turn(answers so far,
+        round info)`` returns with the answers it keeps, until it returns no turn."""
+        generation = Generation.from_kwargs(dict(gen_kwargs), self.max_new_tokens)
         outputs: list[str] = []
         info = None
-        while True:
-            if outputs:  # round 1, 2, ...: the task writes the next turn from the answers
-                visuals, context, over, previous, info = doc_to_text(
-                    doc, previous_output=list(outputs), round_idx=len(outputs),
-                    previous_round_info=info,
-                )  # fmt: skip
-                outputs = list(previous)
-                if over:
-                    return tuple(outputs)
-                visuals = request_images(visuals or [], task)
-            answer = self._generate_one(handle, task, self._prompt(context, visuals), visuals,
-                                        generation)  # fmt: skip
-            outputs.append(answer)
+        while turn is not None:
+            text, images = turn
+            outputs.append(self._generate_one(handle, task, text, images, generation))
+            turn, previous, info = next_turn(outputs, info)
+            outputs = list(previous)
+        return outputs
 
     def _generate_one(self, handle, task: str, text: str, images: list, generation) -> str:
         answers, totals = self.runner.generate(handle, [text], images, generation)

@@ -251,8 +251,14 @@ class EvalModel:
         return answers, totals
 
     def loglikelihood(self, handle, rows: list[tuple[str, str, list]]):
-        """``([(log p(continuation | prompt), greedy?), ...], totals)`` of one batch of
-        ``(prompt, continuation, images)`` rows, scored in one forward (left padded)."""
+        """``([(loss, greedy?), ...], totals)`` of one batch of ``(prompt, continuation,
+        images)`` rows, scored in one forward (left padded).
+
+        ``loss`` is the continuation's mean token loss, ``-log p(continuation | prompt)``
+        over its tokens (HF's ``loss`` with the prompt masked): what lmms-eval 0.7's own
+        models return, and what its multiple-choice scoring expects (it takes the choice
+        of least loss); ``greedy`` says whether greedy decoding writes the continuation.
+        """
         # A continuation's tokens are the full text's past its prompt's; the image
         # placeholders expand alike in both, so the tokenizer alone counts them.
         lengths = [
@@ -276,8 +282,8 @@ class EvalModel:
             # Position t predicts token t+1; left padding puts every row's end at ``width``.
             targets = inputs["input_ids"][row, width - length :]
             scores = logits[row, width - length - 1 : width - 1].float().log_softmax(-1)
-            logprob = scores.gather(-1, targets[:, None]).sum().item()
-            results.append((logprob, bool((scores.argmax(-1) == targets).all())))
+            loss = -scores.gather(-1, targets[:, None]).mean().item() if length else 0.0
+            results.append((loss, bool((scores.argmax(-1) == targets).all())))
         return results, totals
 
     def _totals(self, handle, inputs: dict, before: tuple[int, float], requests: int):
