@@ -4,20 +4,9 @@ placement of checkpoints, each against a computation that does not go through th
 
 from __future__ import annotations
 
+import helpers_lmms as rq
 import pytest
 import torch
-from helpers_lmms import (
-    DOCS,
-    FAMILY,
-    GEN_KWARGS,
-    SEED,
-    SPLIT,
-    TASK,
-    direct_answer,
-    direct_inputs,
-    requests,
-    wrapper,
-)
 
 import pact
 from pact.models.tiny_processor import load_tiny
@@ -30,13 +19,13 @@ CONTINUATIONS = [" yes", " no way", "!", " a longer continuation"]
 
 
 def _loglikelihoods(batch_size, config="pact", **kwargs):
-    lm = wrapper(config, batch_size, **kwargs)
-    return lm, lm.loglikelihood(requests("loglikelihood", CONTINUATIONS))
+    lm = rq.wrapper(config, batch_size, **kwargs)
+    return lm, lm.loglikelihood(rq.requests("loglikelihood", CONTINUATIONS))
 
 
 def _hf_loss(model, processor, doc, continuation: str) -> float:
-    context = direct_inputs(processor, doc)["input_ids"].shape[1]
-    full = direct_inputs(processor, doc, continuation)
+    context = rq.direct_inputs(processor, doc)["input_ids"].shape[1]
+    full = rq.direct_inputs(processor, doc, continuation)
     labels = full["input_ids"].clone()
     labels[:, :context] = -100  # HF's loss averages over the continuation only
     with torch.no_grad():
@@ -45,10 +34,10 @@ def _hf_loss(model, processor, doc, continuation: str) -> float:
 
 @pytest.mark.parametrize("batch_size", [3, "auto"])
 def test_batched_loglikelihood_is_hf_loss_and_equals_one_at_a_time(batch_size):
-    processor, model = load_tiny(FAMILY, seed=SEED)
+    processor, model = load_tiny(rq.FAMILY, seed=rq.SEED)
     expected = [
         _hf_loss(model, processor, doc, text)
-        for doc, text in zip(DOCS, CONTINUATIONS, strict=True)
+        for doc, text in zip(rq.DOCS, CONTINUATIONS, strict=True)
     ]
     _, batched = _loglikelihoods(batch_size, "none", max_batch_size=4)
     assert [result[0] for result in batched] == pytest.approx(expected, rel=1e-4)
@@ -66,7 +55,7 @@ def test_batched_loglikelihood_is_hf_loss_and_equals_one_at_a_time(batch_size):
 
 
 def test_collator_batches_honour_batch_size_and_return_request_order(monkeypatch):
-    lm = wrapper("pact", batch_size=3)
+    lm = rq.wrapper("pact", batch_size=3)
     sizes = []
     generate = lm.runner.generate
 
@@ -76,20 +65,20 @@ def test_collator_batches_honour_batch_size_and_return_request_order(monkeypatch
 
     monkeypatch.setattr(lm.runner, "generate", recording)
     # Two generation settings: lmms-eval's Collator keeps them in separate batches.
-    kwargs = [GEN_KWARGS, {**GEN_KWARGS, "max_new_tokens": 2}] * 2
-    answers = lm.generate_until(requests(second=kwargs))
+    kwargs = [rq.GEN_KWARGS, {**rq.GEN_KWARGS, "max_new_tokens": 2}] * 2
+    answers = lm.generate_until(rq.requests(second=kwargs))
     assert sorted(sizes) == [2, 2]
-    processor, model = load_tiny(FAMILY, seed=SEED)
+    processor, model = load_tiny(rq.FAMILY, seed=rq.SEED)
     with pact.attached(model, "pact"):
         direct = [
-            direct_answer(model, processor, doc, kw["max_new_tokens"])[0]
-            for doc, kw in zip(DOCS, kwargs, strict=True)
+            rq.direct_answer(model, processor, doc, kw["max_new_tokens"])[0]
+            for doc, kw in zip(rq.DOCS, kwargs, strict=True)
         ]
     assert answers == direct
 
 
 def test_auto_batch_size_halves_on_out_of_memory(monkeypatch):
-    lm = wrapper("none", batch_size="auto", max_batch_size=4)
+    lm = rq.wrapper("none", batch_size="auto", max_batch_size=4)
     assert lm.batch_size == 4 and lm.auto_batch
     score = lm.runner.loglikelihood
     tried = []
@@ -101,14 +90,14 @@ def test_auto_batch_size_halves_on_out_of_memory(monkeypatch):
         return score(handle, rows)
 
     monkeypatch.setattr(lm.runner, "loglikelihood", small_memory)
-    results = lm.loglikelihood(requests("loglikelihood", CONTINUATIONS))
+    results = lm.loglikelihood(rq.requests("loglikelihood", CONTINUATIONS))
     assert tried[:3] == [4, 2, 1] and lm.batch_size == 1
     _, single = _loglikelihoods(1, "none")
     assert [r[0] for r in results] == pytest.approx([r[0] for r in single], rel=1e-5)
-    fixed = wrapper("none", batch_size=2)
+    fixed = rq.wrapper("none", batch_size=2)
     monkeypatch.setattr(fixed.runner, "loglikelihood", small_memory)
     with pytest.raises(torch.OutOfMemoryError):  # a fixed size is the user's to change
-        fixed.loglikelihood(requests("loglikelihood", CONTINUATIONS))
+        fixed.loglikelihood(rq.requests("loglikelihood", CONTINUATIONS))
 
 
 def _messages(doc):
@@ -119,28 +108,29 @@ def _messages(doc):
 def _chat_requests(kind="generate_until", doc_to_messages=_messages):
     from lmms_eval.api.instance import Instance
 
+    where = (rq.TASK, rq.SPLIT)
     return [
-        Instance(kind, (doc["question"], doc_to_messages, GEN_KWARGS, i, TASK, SPLIT), idx=i,
-                 metadata={"task": TASK, "doc_id": i, "repeats": 1})
-        for i, doc in enumerate(DOCS)
+        Instance(kind, (doc["question"], doc_to_messages, rq.GEN_KWARGS, i, *where), idx=i,
+                 metadata={"task": rq.TASK, "doc_id": i, "repeats": 1})
+        for i, doc in enumerate(rq.DOCS)
     ]  # fmt: skip
 
 
 def _chat_wrapper(batch_size=2):
     from pact.eval.chat import PactChatLMM
 
-    lm = PactChatLMM(f"tiny:{FAMILY}", "pact", batch_size=batch_size, device="cpu", seed=SEED)
-    lm.task_dict = {TASK: {SPLIT: DOCS}}
+    lm = PactChatLMM(f"tiny:{rq.FAMILY}", "pact", batch_size=batch_size, device="cpu", seed=rq.SEED)
+    lm.task_dict = {rq.TASK: {rq.SPLIT: rq.DOCS}}
     return lm
 
 
 def test_chat_form_renders_the_tasks_messages():
     lm = _chat_wrapper()
     answers = lm.generate_until(_chat_requests())
-    processor, model = load_tiny(FAMILY, seed=SEED)
+    processor, model = load_tiny(rq.FAMILY, seed=rq.SEED)
     with pact.attached(model, "pact"):
-        assert answers == [direct_answer(model, processor, doc)[0] for doc in DOCS]
-    assert lm.summary()["overall"]["requests"] == len(DOCS)
+        assert answers == [rq.direct_answer(model, processor, doc)[0] for doc in rq.DOCS]
+    assert lm.summary()["overall"]["requests"] == len(rq.DOCS)
     with pytest.raises(NotImplementedError, match="--force_simple"):
         lm.loglikelihood([])
 
@@ -164,11 +154,11 @@ def _follow_up(answer: str) -> str:
 def test_multi_round_dialogues_in_both_forms():
     from lmms_eval.api.instance import Instance
 
-    processor, model = load_tiny(FAMILY, seed=SEED)
+    processor, model = load_tiny(rq.FAMILY, seed=rq.SEED)
     with pact.attached(model, "pact"):
         expected = []
-        for doc in DOCS:
-            first = direct_answer(model, processor, doc)[0]
+        for doc in rq.DOCS:
+            first = rq.direct_answer(model, processor, doc)[0]
             expected.append([first, _text_answer(model, processor, _follow_up(first))])
 
     def doc_to_text(doc, previous_output=None, round_idx=None, previous_round_info=None):
@@ -184,63 +174,60 @@ def test_multi_round_dialogues_in_both_forms():
         turn = None if over else [{"role": "user", "content": [{"type": "text", "text": text}]}]
         return turn, over, kept, info
 
-    simple = wrapper("pact")
+    simple = rq.wrapper("pact")
     simple_requests = [
         Instance("generate_until_multi_round",
-                 (doc["question"], GEN_KWARGS, lambda d: [d["image"]], doc_to_text, i, TASK,
-                  SPLIT), idx=i, metadata={"task": TASK, "doc_id": i, "repeats": 1})
-        for i, doc in enumerate(DOCS)
+                 (doc["question"], rq.GEN_KWARGS, lambda d: [d["image"]], doc_to_text, i, rq.TASK,
+                  rq.SPLIT), idx=i, metadata={"task": rq.TASK, "doc_id": i, "repeats": 1})
+        for i, doc in enumerate(rq.DOCS)
     ]  # fmt: skip
     assert simple.generate_until_multi_round(simple_requests) == expected
     chat = _chat_wrapper()
     chat_requests = _chat_requests("generate_until_multi_round", doc_to_messages)
     assert chat.generate_until_multi_round(chat_requests) == expected
-    assert chat.summary()["overall"]["requests"] == 2 * len(DOCS)
+    assert chat.summary()["overall"]["requests"] == 2 * len(rq.DOCS)
 
 
 def test_pixel_budget_sets_the_visual_token_count():
     from pact.eval.pixels import LMMS_EVAL_PIXELS, set_pixels
 
-    processor, model = load_tiny(FAMILY, seed=SEED)
+    processor, model = load_tiny(rq.FAMILY, seed=rq.SEED)
     budget = 16 * 16  # a quarter of the tiny default (64 x 64), in pixels
-    lm = wrapper("none", max_pixels=budget, min_pixels=64)
-    lm.generate_until(requests())
+    lm = rq.wrapper("none", max_pixels=budget, min_pixels=64)
+    lm.generate_until(rq.requests())
     processor.image_processor.size = {"shortest_edge": 64, "longest_edge": budget}
-    seen = sum(
-        int((direct_inputs(processor, doc)["input_ids"] == model.config.image_token_id).sum())
-        for doc in DOCS
-    )
-    default = sum(
-        int((direct_inputs(load_tiny(FAMILY)[0], doc)["input_ids"] == model.config.image_token_id)
-            .sum())
-        for doc in DOCS
-    )  # fmt: skip
+    image_id = model.config.image_token_id
+    seen = sum(int((rq.direct_inputs(processor, doc)["input_ids"] == image_id).sum())
+               for doc in rq.DOCS)  # fmt: skip
+    untouched = load_tiny(rq.FAMILY)[0]
+    default = sum(int((rq.direct_inputs(untouched, doc)["input_ids"] == image_id).sum())
+                  for doc in rq.DOCS)  # fmt: skip
     assert lm.pixels == (64, budget)
     assert lm.summary()["overall"]["visual_tokens_seen"] == seen < default
     # Checkpoints take lmms-eval's budget of their family unless told otherwise.
     for model_type, pixels in LMMS_EVAL_PIXELS.items():
-        fresh = load_tiny(FAMILY)[0]
+        fresh = load_tiny(rq.FAMILY)[0]
         assert set_pixels(fresh, model_type, None, None, lmms_eval_defaults=True) == pixels
         assert fresh.image_processor.size["longest_edge"] == pixels[1]
     with pytest.raises(ValueError, match=r"min_pixels \(256\) must not exceed max_pixels"):
-        wrapper("none", max_pixels=64, min_pixels=256)
+        rq.wrapper("none", max_pixels=64, min_pixels=256)
     with pytest.raises(ValueError, match="pixel budget of Qwen-VL image processors"):
-        wrapper("none", family="llava", max_pixels=4096)
+        rq.wrapper("none", family="llava", max_pixels=4096)
 
 
 def test_checkpoint_with_device_map_answers_like_the_model_it_was_saved_from(tmp_path):
     pytest.importorskip("accelerate")  # transformers places layers through it
     from pact.eval.lmms import PactLMM
 
-    processor, model = load_tiny("llava", seed=SEED)
+    processor, model = load_tiny("llava", seed=rq.SEED)
     model.save_pretrained(tmp_path)
     processor.save_pretrained(tmp_path)
     lm = PactLMM(str(tmp_path), "pact", device="cpu", device_map="auto")
     assert lm.pixels is None  # LLaVA's processor resizes to a fixed size
     assert {parameter.device.type for parameter in lm.model.parameters()} == {"cpu"}
-    lm.task_dict = {TASK: {SPLIT: DOCS}}
+    lm.task_dict = {rq.TASK: {rq.SPLIT: rq.DOCS}}
     with pact.attached(model, "pact"):
-        expected = [direct_answer(model, processor, doc)[0] for doc in DOCS]
-    assert lm.generate_until(requests()) == expected
+        expected = [rq.direct_answer(model, processor, doc)[0] for doc in rq.DOCS]
+    assert lm.generate_until(rq.requests()) == expected
     with pytest.raises(ValueError, match="device_map='auto' spreads a checkpoint"):
-        wrapper("none", device_map="auto")
+        rq.wrapper("none", device_map="auto")
