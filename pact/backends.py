@@ -6,7 +6,7 @@ import importlib
 import importlib.util
 from types import ModuleType
 
-_EXTRAS = {"faiss": "faiss", "sklearn": "sklearn", "flash_attn": "flash"}
+_EXTRAS = {"faiss": "faiss", "sklearn": "sklearn", "flash_attn": "flash", "submitit": "sweep"}
 
 
 def available(module: str) -> bool:
