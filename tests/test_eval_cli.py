@@ -204,3 +204,6 @@ def test_multiple_choice_task_runs_the_simple_form_in_batches(tmp_path, capsys):
     assert report["interface"] == "simple"  # log-likelihoods go to lmms-eval's simple form
     assert report["results"]["tiny_choice"]["acc,none"] == 0.75
     assert report["pact"]["overall"]["requests"] == 8  # two choices per document
+    capsys.readouterr()
+    assert main([*argv, "--interface", "chat"]) == 2  # refused before the model loads
+    assert "--interface chat: a task scores log-likelihoods" in capsys.readouterr().err

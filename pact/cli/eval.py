@@ -44,6 +44,7 @@ def add_eval(commands) -> None:
     )
     _add_what_options(parser)
     _add_how_options(parser)
+    _add_scale_options(parser)
     parser.set_defaults(run=run_eval)
 
 
@@ -103,6 +104,28 @@ def _add_how_options(parser: argparse.ArgumentParser) -> None:
         "accelerate launch each process takes cuda:LOCAL_RANK",
     )
     parser.add_argument(
+        "--dtype",
+        choices=("auto", "float32", "bfloat16", "float16"),
+        default="auto",
+        help="auto: bfloat16 on cuda, float32 on cpu",
+    )
+    parser.add_argument(
+        "--attn",
+        choices=("sdpa", "eager", "flash_attention_2"),
+        default="sdpa",
+        help="attention implementation to load the model with (default: sdpa)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of lmms-eval's sampling and of tiny weights (default: 0)",
+    )
+
+
+def _add_scale_options(parser: argparse.ArgumentParser) -> None:
+    """Placement over GPUs, Qwen-VL's pixel budget and lmms-eval's model form."""
+    parser.add_argument(
         "--device-map",
         choices=("auto", "balanced", "sequential"),
         help="spread a checkpoint's layers over the GPUs (transformers' device_map); with "
@@ -124,24 +147,6 @@ def _add_how_options(parser: argparse.ArgumentParser) -> None:
         help="lmms-eval model form: chat (prompts from the task's messages) or simple "
         "(needed by log-likelihood tasks); auto: chat unless a task scores log-likelihoods",
     )
-    parser.add_argument(
-        "--dtype",
-        choices=("auto", "float32", "bfloat16", "float16"),
-        default="auto",
-        help="auto: bfloat16 on cuda, float32 on cpu",
-    )
-    parser.add_argument(
-        "--attn",
-        choices=("sdpa", "eager", "flash_attention_2"),
-        default="sdpa",
-        help="attention implementation to load the model with (default: sdpa)",
-    )
-    parser.add_argument(
-        "--seed",
-        type=int,
-        default=0,
-        help="seed of lmms-eval's sampling and of tiny weights (default: 0)",
-    )
 
 
 def run_eval(args: argparse.Namespace) -> int:
@@ -154,8 +159,14 @@ def run_eval(args: argparse.Namespace) -> int:
     _quiet_lmms_eval_logs(main_rank)
     if not main_rank:  # lmms-eval's own progress bars too: tqdm reads TQDM_DISABLE
         os.environ["TQDM_DISABLE"] = "1"
+    loglikelihoods = scores_loglikelihood(manager, tasks)
     if args.interface == "auto":
-        args.interface = "simple" if scores_loglikelihood(manager, tasks) else "chat"
+        args.interface = "simple" if loglikelihoods else "chat"
+    elif args.interface == "chat" and loglikelihoods:
+        raise ValueError(
+            "--interface chat: a task scores log-likelihoods, which lmms-eval asks of simple "
+            "models only; use --interface simple (or auto)"
+        )
     from lmms_eval.evaluator import simple_evaluate
 
     model_class = _model_class(args.interface)
