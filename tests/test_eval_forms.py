@@ -215,7 +215,7 @@ def test_pixel_budget_sets_the_visual_token_count():
         rq.wrapper("none", family="llava", max_pixels=4096)
 
 
-def test_checkpoint_with_device_map_answers_like_the_model_it_was_saved_from(tmp_path):
+def test_checkpoint_with_device_map_answers_like_the_model_it_was_saved_from(tmp_path, monkeypatch):
     pytest.importorskip("accelerate")  # transformers places layers through it
     from pact.eval.lmms import PactLMM
 
@@ -229,5 +229,13 @@ def test_checkpoint_with_device_map_answers_like_the_model_it_was_saved_from(tmp
     with pact.attached(model, "pact"):
         expected = [rq.direct_answer(model, processor, doc)[0] for doc in rq.DOCS]
     assert lm.generate_until(rq.requests()) == expected
+
     with pytest.raises(ValueError, match="device_map='auto' spreads a checkpoint"):
         rq.wrapper("none", device_map="auto")
+
+    def no_weights(*args, **kwargs):
+        raise AssertionError("weights were loaded before the pixel budget was checked")
+
+    monkeypatch.setattr("pact.eval.lmms.load_model", no_weights)
+    with pytest.raises(ValueError, match=r"Image.* resizes to a fixed size"):
+        PactLMM(str(tmp_path), "pact", device="cpu", max_pixels=4096)

@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from pact.config import PactConfig
 from pact.eval import lmms_manifest, parallel, positive_int
-from pact.eval.pixels import set_pixels
+from pact.eval.pixels import check_checkpoint, set_pixels
 from pact.eval.runner import EvalModel, Generation, RunTotals, load_model, prompt_text
 from pact.hooks import attached
 
@@ -128,6 +128,8 @@ class PactLMM(lmms):
         if self.ranks.parallel:
             self.accelerator = parallel.join(device, self.ranks)
             self._rank, self._world_size = self.ranks.rank, self.ranks.world_size
+        if not pretrained.startswith("tiny:"):
+            check_checkpoint(pretrained, min_pixels, max_pixels)  # before the weights load
         processor, model = load_model(pretrained, device, dtype, attn, int(seed), placement)
         self.pixels = set_pixels(
             processor,

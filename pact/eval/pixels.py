@@ -25,6 +25,24 @@ def takes_pixel_budget(image_processor) -> bool:
     return hasattr(image_processor, "merge_size") and {"shortest_edge", "longest_edge"} <= keys
 
 
+def check_checkpoint(path: str, min_pixels: int | None, max_pixels: int | None) -> None:
+    """Refuse a pixel budget a checkpoint's image processor has no use for, reading only
+    its processor files (before any weights load)."""
+    if min_pixels is None and max_pixels is None:
+        return
+    from transformers import AutoImageProcessor
+
+    try:
+        image_processor = AutoImageProcessor.from_pretrained(path)
+    except (OSError, ValueError):  # no image processor of its own: the model load will say
+        return
+    if not takes_pixel_budget(image_processor):
+        raise ValueError(
+            "min_pixels / max_pixels set the pixel budget of Qwen-VL image processors; "
+            f"{type(image_processor).__name__} of {path!r} resizes to a fixed size"
+        )
+
+
 def set_pixels(
     processor,
     model_type: str,
