@@ -39,6 +39,7 @@ def _environment() -> dict[str, str]:
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
     env.pop("CUDA_VISIBLE_DEVICES", None)
     env["CUDA_VISIBLE_DEVICES"] = ""  # CPU processes, gloo, even on a GPU machine
+    env["ACCELERATE_USE_CPU"] = "1"
     return env
 
 
@@ -88,9 +89,11 @@ def test_pact_eval_under_torchrun_equals_one_process(task, tmp_path):
 
 
 def test_lmms_eval_under_accelerate_launch_splits_and_reports_once(task, tmp_path):
+    # accelerate launch's --cpu starts one process whatever --num_processes says; its
+    # multi-process launcher with ACCELERATE_USE_CPU starts two CPU processes.
     folder, visual_in, visual_out = task
     run = _launch(
-        "accelerate.commands.launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
+        "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
         "--mixed_precision", "no", "--dynamo_backend", "no",
         "--main_process_port", str(_free_port()),
         "-m", "lmms_eval", "--model", "pact", "--tasks", "tiny_vqa",
@@ -104,7 +107,7 @@ def test_lmms_eval_under_accelerate_launch_splits_and_reports_once(task, tmp_pat
     assert "PactChatLMM" in results["config"]["model_backend"]  # lmms-eval's chat form
     logged = (run.stdout + run.stderr).count(
         f"pact: visual tokens kept {visual_out}/{visual_in}, "
-        f"reduction {1 - visual_out / visual_in:.4f}, requests {DOCS}"
+        f"reduction {1 - visual_out / visual_in:.4f}, requests {DOCS} (per process: 4, 3)"
     )
     assert logged == 1  # summed over the ranks, reported by rank 0 alone
 

@@ -191,10 +191,11 @@ class PactLMM(lmms):
             self.totals = RunTotals.merged(parallel.gather(self.totals, self.ranks))
         if self.ranks.main:
             overall = self.totals.overall().summary()
+            split = self.totals.rank_requests or [overall["requests"]]
             logger.info(
-                "pact: visual tokens kept {}/{}, reduction {:.4f}, requests {}",
+                "pact: visual tokens kept {}/{}, reduction {:.4f}, requests {} (per process: {})",
                 overall["visual_tokens_kept"], overall["visual_tokens_seen"],
-                overall["reduction_ratio"], overall["requests"],
+                overall["reduction_ratio"], overall["requests"], ", ".join(map(str, split)),
             )  # fmt: skip
         self.runner = None
         super().clean()
