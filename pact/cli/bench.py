@@ -22,7 +22,8 @@ def add_bench(commands) -> None:
     bench = commands.add_parser(
         "bench",
         help="benchmarks: clusterers, fidelity, quality, speed",
-        description="pact's benchmarks: each prints a table and writes JSON and a plot on request.",
+        description="pact's benchmarks: each prints a table and writes JSON and a plot "
+        "on request.",
     )
     benchmarks = bench.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
     for add in (_add_clusterers, _add_fidelity, _add_quality, _add_speed):
@@ -304,12 +305,8 @@ def _add_quality(commands) -> None:
     )
     parser.add_argument("--methods", default=",".join(METHODS), metavar="A,B",
                         help="comma list of methods (default: all, %(default)s)")  # fmt: skip
-    parser.add_argument(
-        "--ratios",
-        default=",".join(str(r) for r in DEFAULT_RATIOS),
-        metavar="R,R",
-        help="target fractions of visual tokens removed",
-    )
+    parser.add_argument("--ratios", default=",".join(str(r) for r in DEFAULT_RATIOS),
+                        metavar="R,R", help="target fractions of visual tokens removed")
     parser.add_argument("--examples", type=int, default=1000,
                         help="test examples scored per point")  # fmt: skip
     parser.add_argument("--layer", type=int, default=1,

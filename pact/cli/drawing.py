@@ -51,8 +51,6 @@ def draw_reduction(model, inputs: dict, config: PactConfig, path: Path, title: s
 def counts_sentence(counts: dict[str, int]) -> str:
     """The visual tokens of a drawing by status, in words (what the legend counts)."""
     survivors = counts["kept_alone"] + counts["clusters"]
-    return (
-        f"{counts['visual_tokens']} visual tokens: {counts['pruned']} pruned (dark, "
-        f"hatched), {counts['kept_alone']} kept alone, {counts['merged']} merged into "
-        f"{counts['clusters']} clusters (one colour each) -> {survivors} tokens"
-    )
+    return (f"{counts['visual_tokens']} visual tokens: {counts['pruned']} pruned (dark, "
+            f"hatched), {counts['kept_alone']} kept alone, {counts['merged']} merged into "
+            f"{counts['clusters']} clusters (one colour each) -> {survivors} tokens")

@@ -64,51 +64,31 @@ def add_run(commands) -> None:
         "config (a plumbing check, not a quality measure).",
     )
     add = parser.add_argument
-    add(
-        "--model",
-        default=SHAPES_MODEL,
+    add("--model", default=SHAPES_MODEL,
         help=f"{SHAPES_MODEL} (pact's trained VLM; {SHAPES_MODEL}:DIR for one you trained), a "
         "checkpoint (local directory or hub id owner/name) or a built-in tiny family "
-        f"({', '.join(families_with(tiny=True))}; also tiny:NAME) (default: %(default)s)",
-    )
+        f"({', '.join(families_with(tiny=True))}; also tiny:NAME) (default: %(default)s)")
     add("--scenes", type=int, help="held-out questions to ask (trained model; default: 6)")
     add("--first", type=int, help="index of the first test question (trained model; default: 0)")
     add("--out", help="overlay PNG of the first scene (trained model; default: pact-run.png)")
     add("--image", help="image file (checkpoints; required there)")
-    add("--prompt", help="question about the image (checkpoints; default: 'Describe this image.')")
-    add(
-        "--text",
-        choices=("qwen2", "llama", "mistral", "phi3"),
-        help="text decoder of llava-style tiny models (default: qwen2)",
-    )
+    add("--prompt", help="question about the image (checkpoints; default: 'Describe this "
+        "image.')")
+    add("--text", choices=("qwen2", "llama", "mistral", "phi3"),
+        help="text decoder of llava-style tiny models (default: qwen2)")
     add_config_options(parser)
-    add(
-        "--max-new-tokens",
-        type=positive_int,
-        help="greedy tokens (tiny models and checkpoints; default: 8 tiny, 32 checkpoint)",
-    )
+    add("--max-new-tokens", type=positive_int,
+        help="greedy tokens (tiny models and checkpoints; default: 8 tiny, 32 checkpoint)")
     add("--seed", type=int, help="seed of tiny weights and inputs (default: 0)")
-    add(
-        "--device",
-        choices=("cpu", "cuda"),
-        help="trained model and checkpoints (default: cuda when available, else cpu)",
-    )
-    add(
-        "--dtype",
-        choices=("auto", "float32", "bfloat16", "float16"),
-        help="checkpoints (default: auto: bfloat16 on cuda, float32 on cpu)",
-    )
-    add(
-        "--attn",
-        choices=("sdpa", "eager", "flash_attention_2"),
-        help="attention implementation to load a checkpoint with (default: sdpa)",
-    )
-    add(
-        "--compare",
-        action=argparse.BooleanOptionalAction,
+    add("--device", choices=("cpu", "cuda"),
+        help="trained model and checkpoints (default: cuda when available, else cpu)")
+    add("--dtype", choices=("auto", "float32", "bfloat16", "float16"),
+        help="checkpoints (default: auto: bfloat16 on cuda, float32 on cpu)")
+    add("--attn", choices=("sdpa", "eager", "flash_attention_2"),
+        help="attention implementation to load a checkpoint with (default: sdpa)")
+    add("--compare", action=argparse.BooleanOptionalAction,
         help="checkpoints: also generate without pact and say whether answers match "
-        "(default: --compare)",
-    )
+        "(default: --compare)")
     parser.set_defaults(run=run_command)
 
 
@@ -263,9 +243,8 @@ def run_checkpoint(args: argparse.Namespace, config: PactConfig):
     from pact.models import checkpoint
 
     image = checkpoint.load_image(args.image)
-    processor, model = checkpoint.load(
-        args.model, args.device, args.dtype or "auto", args.attn or "sdpa"
-    )
+    processor, model = checkpoint.load(args.model, args.device, args.dtype or "auto",
+                                       args.attn or "sdpa")
     prompt = args.prompt or "Describe this image."
     inputs = checkpoint.build_inputs(processor, image, prompt, model.device, model.dtype)
     new_tokens = args.max_new_tokens or 32

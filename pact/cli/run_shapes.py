@@ -165,11 +165,8 @@ def run_shapes(args: argparse.Namespace, checked: tuple[PactConfig, list[str]]) 
     right = [sum(a == t for a, t in zip(given, answers.truth, strict=True))
              for given in (answers.unreduced, answers.reduced)]  # fmt: skip
     visual = answers.visual * len(items)
-    before = [
-        f"model: {model_folder(args.model) or 'pact-shapes-vqa (shipped, trained)'}; "
-        f"config: {label}; test questions {first}..{first + count - 1}",
-        *notes,
-    ]
+    before = [f"model: {model_folder(args.model) or 'pact-shapes-vqa (shipped, trained)'}; "
+              f"config: {label}; test questions {first}..{first + count - 1}", *notes]
     after = [f"answers equal to the unreduced model's: {same}/{len(items)}; right: unreduced "
              f"{right[0]}/{len(items)}, {label} {right[1]}/{len(items)}",
              f"visual tokens kept: {sum(answers.kept)}/{visual} "

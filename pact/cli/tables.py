@@ -137,9 +137,6 @@ def quality(report: dict[str, Any]) -> None:
     before = [f"unreduced accuracy {report['unreduced_accuracy']:.4f} [{low:.4f}, {high:.4f}] on "
               f"{report['examples']} test examples; cells: {RELATIVE} [95% interval] "
               "(measured reduction ratio)"]  # fmt: skip
-    after = [
-        "vtw's and tome's ratios are layer-averaged (their removal differs by layer)",
-        *report["comparisons"],
-        f"{report['seconds']} s on {report['threads']} threads",
-    ]
+    after = ["vtw's and tome's ratios are layer-averaged (their removal differs by layer)",
+             *report["comparisons"], f"{report['seconds']} s on {report['threads']} threads"]
     print_table(("method", *(f"~{t:.0%} removed" for t in targets)), rows, before, after)

@@ -41,27 +41,18 @@ def add_viz(commands) -> None:
         f"random-weight VLM's image. {LEGEND}.",
     )
     add = parser.add_argument
-    add(
-        "--model",
-        default=SHAPES_MODEL,
+    add("--model", default=SHAPES_MODEL,
         help=f"{SHAPES_MODEL} (pact's trained VLM; {SHAPES_MODEL}:DIR for one you trained) or a "
-        f"tiny model family: {', '.join(families_with(tiny=True))} (default: %(default)s)",
-    )
+        f"tiny model family: {', '.join(families_with(tiny=True))} (default: %(default)s)")
     add("--scene", type=int, help="test question whose scene is drawn (trained model; default: 0)")
-    add(
-        "--text",
-        choices=("qwen2", "llama", "mistral", "phi3"),
-        help="text decoder of llava-style tiny models (default: qwen2)",
-    )
+    add("--text", choices=("qwen2", "llama", "mistral", "phi3"),
+        help="text decoder of llava-style tiny models (default: qwen2)")
     add_config_options(parser)
     add("--out", default="pact-viz.png", help="PNG file to write")
     add("--image", metavar="HxW", help="tiny models' image size in px (default: the family's)")
     add("--seed", type=int, help="seed of tiny weights and pixels (default: 0)")
-    add(
-        "--scale",
-        type=positive_int,
-        help="pixels per image pixel (default: 4 on the trained model, else >= 256 px high)",
-    )
+    add("--scale", type=positive_int,
+        help="pixels per image pixel (default: 4 on the trained model, else >= 256 px high)")
     parser.set_defaults(run=viz_command)
 
 
@@ -78,10 +69,8 @@ def viz_command(args: argparse.Namespace) -> int:
     drawn = run_viz(path, family, text, config, args.config, parse_size(args.image),
                     args.seed or 0, args.scale)  # fmt: skip
     width, height = drawn.size
-    print(
-        f"wrote {path} ({width}x{height} px): tiny random-weight {family} ({text} decoder), "
-        f"config {config_label(args)}\n{counts_sentence(drawn.counts)}"
-    )
+    print(f"wrote {path} ({width}x{height} px): tiny random-weight {family} ({text} decoder), "
+          f"config {config_label(args)}\n{counts_sentence(drawn.counts)}")
     print("\n".join([*drawn.stages, f"legend: {LEGEND}"]))
     return 0
 
