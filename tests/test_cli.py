@@ -152,6 +152,10 @@ def test_every_command_and_option_has_help_that_states_its_default():
                 continue
             assert action.help, (parser.prog, action.option_strings)
             if action.default is None or action.default is False:
+                # No value to show: the help says what happens without the option.
+                assert action.required or "default" in action.help, (
+                    parser.prog, action.option_strings, action.help
+                )
                 continue
             shown = formatter._expand_help(action)
             default = action.default

@@ -65,6 +65,20 @@ def test_relative_interval_holds_the_ratio_and_collapses_when_answers_are_equal(
     assert relative_interval(unreduced, unreduced) == (1.0, 1.0)
 
 
+@pytest.mark.parametrize(("keep", "seed"), [(0.95, 1), (0.8, 2), (0.5, 3)])
+def test_relative_interval_agrees_with_the_delta_method(keep, seed):
+    """At 1000 questions the bootstrap's interval of a ratio of paired means is close to the
+    delta method's: R +- 1.96 * sd(a - R b) / (mean(b) sqrt(n))."""
+    rng = np.random.default_rng(seed)
+    unreduced = (rng.random(1000) < 0.9).astype(float)
+    reduced = np.where(rng.random(1000) < keep, unreduced, rng.random(1000) < 0.4).astype(float)
+    ratio = reduced.mean() / unreduced.mean()
+    spread = np.std(reduced - ratio * unreduced, ddof=1) / (unreduced.mean() * np.sqrt(1000))
+    low, high = relative_interval(reduced, unreduced)
+    assert low == pytest.approx(ratio - 1.96 * spread, abs=0.006)
+    assert high == pytest.approx(ratio + 1.96 * spread, abs=0.006)
+
+
 def test_comparisons_name_overlapping_intervals_and_pact_against_random():
     cells = [("pact", 0.95, [0.9, 1.0]), ("euti", 0.92, [0.88, 0.96]), ("random", 0.5, [0.4, 0.6])]
     rows = [{"method": m, "target": 0.9, "relative_accuracy": a, "relative_interval": i}
@@ -137,3 +151,67 @@ def test_viz_on_a_trained_shapes_model_titles_the_scene(trained_shapes, tmp_path
 def test_shapes_commands_refuse_bad_arguments_before_loading(argv, needle, capsys):
     assert main(argv) == 2
     assert needle in capsys.readouterr().err
+
+
+def _config_args(config: str, *overrides: str):
+    import argparse
+
+    return argparse.Namespace(config=config, set=list(overrides))
+
+
+def test_a_single_stage_preset_moves_to_the_reduction_layer_unless_set_says_otherwise():
+    from pact.cli.run_shapes import shapes_config
+    from pact.config import PactConfig
+    from pact.models.shapes.spec import DECODER, REDUCTION_LAYER
+
+    args = _config_args("pact")
+    config, notes = shapes_config(args, DECODER["layers"])
+    assert [stage.layer for stage in config.stages] == [REDUCTION_LAYER] and notes == []
+    # Everything but the layer is the preset's own.
+    expected = PactConfig.load("pact").stages[0].model_dump(exclude={"layer"})
+    assert config.stages[0].model_dump(exclude={"layer"}) == expected
+    assert args.set == [f"layer={REDUCTION_LAYER}"]  # labels show where it ran
+    config, _ = shapes_config(_config_args("pact", "layer=3"), DECODER["layers"])
+    assert [stage.layer for stage in config.stages] == [3]
+    config, _ = shapes_config(_config_args("pact", "stages.0.layer=2"), DECODER["layers"])
+    assert [stage.layer for stage in config.stages] == [2]
+
+
+def test_multi_stage_presets_lose_only_the_stages_past_the_decoder_with_a_note():
+    from pact.cli.run_shapes import shapes_config
+    from pact.config import PactConfig
+
+    written = [stage.layer for stage in PactConfig.load("tome").stages]
+    config, notes = shapes_config(_config_args("tome"), 6)
+    assert [stage.layer for stage in config.stages] == [layer for layer in written if layer < 6]
+    dropped = [layer for layer in written if layer >= 6]
+    assert notes == [f"preset stages at layers {dropped} dropped: the model has 6 decoder layers"]
+
+
+def test_config_files_run_as_written_and_stages_past_the_decoder_are_refused(tmp_path):
+    from pact.cli.run_shapes import shapes_config
+    from pact.config import PactConfig
+
+    path = tmp_path / "mine.yaml"
+    path.write_text("stages:\n  - {layer: 4, scorer: {name: euti}, keep_ratio: 0.5}\n")
+    config, notes = shapes_config(_config_args(str(path)), 6)
+    assert config == PactConfig.load(path) and notes == []  # not moved to layer 1
+    with pytest.raises(ValueError, match=r"stages at layers \[4\] are past this model's 3"):
+        shapes_config(_config_args(str(path)), 3)
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["run", "--model", "llava", "--scenes", "2"], "--scenes applies to trained models"),
+        (["run", "--prompt", "hi"], "--prompt applies to checkpoint models"),
+        (["run", "--model", "llava", "--first", "1"], "--first applies to trained models"),
+        (["viz", "--model", "llava", "--scene", "1"], "--scene applies to trained models"),
+        (["viz", "--text", "llama"], "--text applies to tiny models"),
+        (["viz", "--seed", "3"], "--seed applies to tiny models"),
+    ],
+)
+def test_options_that_mean_nothing_for_the_model_are_refused(argv, needle, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert needle in err

@@ -12,7 +12,13 @@ from pact.hooks import attached
 from pact.models.shapes import model as quality_model
 from pact.models.shapes.model import batch, card_figures, load
 from pact.models.shapes.questions import KINDS
-from pact.models.shapes.score import SUBSET, blind_accuracy, examples, predictions
+from pact.models.shapes.score import (
+    SUBSET,
+    answer_ids,
+    blind_accuracy,
+    examples,
+    predictions,
+)
 from pact.models.shapes.spec import REDUCTION_LAYER
 
 LAYER = REDUCTION_LAYER  # `pact bench quality`'s
@@ -69,13 +75,23 @@ def test_unreduced_accuracy_on_the_subset_equals_the_card(unreduced_right):
     assert sum(unreduced_right) == card_figures()["test"][f"first_{SUBSET}_correct"]
 
 
+def test_the_cards_test_figures_are_what_the_shipped_weights_score(model):
+    """Every test figure of the card, recomputed from the weights (1000 questions)."""
+    from pact.models.shapes.score import accuracy_by_kind
+
+    card = card_figures()["test"]
+    scored = accuracy_by_kind(model, "test", card["examples"])
+    assert scored["accuracy"] == card["accuracy"]
+    assert scored["by_kind"] == card["by_kind"]
+    assert scored["by_kind_interval"] == card["by_kind_interval"]
+
+
 def test_answers_equal_greedy_generation(model, subset):
     """What the benchmark scores is what ``generate`` answers."""
     items = list(subset[:8])
     inputs = batch(items)
     generated = model.generate(**inputs, max_new_tokens=1)[:, -1]
-    scored = quality_model.answer_logits(model, inputs).argmax(-1)
-    assert torch.equal(generated, scored)
+    assert generated.tolist() == answer_ids(model, tuple(items))
 
 
 def test_pact_keeps_95_percent_of_the_accuracy_at_half_the_tokens(
@@ -100,3 +116,34 @@ def test_the_model_is_untouched_after_the_benchmark_detaches(model, subset):
     with attached(model, "pact"):
         quality_model.answer_logits(model, inputs)
     assert torch.equal(quality_model.answer_logits(model, inputs), before)
+
+
+def test_euti_norm_diagnostic_matches_the_layers_own_hidden_states(model):
+    """benchmarks/shapes_euti_norms.py (docs/benchmarks.md's layer-2 explanation) reads the
+    norms the model's own hidden states give, and its kept fraction is EUTI's top half."""
+    import importlib.util
+    from pathlib import Path
+
+    from pact.models.shapes.vision import token_targets
+
+    path = Path(__file__).parents[1] / "benchmarks" / "shapes_euti_norms.py"
+    spec = importlib.util.spec_from_file_location("shapes_euti_norms", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    items = list(examples("test", 8))
+    inputs = batch(items)
+    objects = torch.stack([torch.from_numpy(token_targets(i.scene)["shape"] > 0) for i in items])
+    with torch.no_grad():
+        hidden = model(**inputs, output_hidden_states=True).hidden_states[2]  # layer 2's input
+    visual = inputs["input_ids"] == model.config.image_token_id
+    norms = hidden[visual].norm(dim=-1).view(len(items), -1)
+    expected = norms[objects].mean() / norms[~objects].mean()
+    figures = script.layer_figures(model, inputs, objects, layer=2)
+    assert figures["norm_ratio"] == pytest.approx(float(expected), abs=1e-3)
+    scores, _ = script.RECORDED[0]
+    assert 0 < figures["object_tokens_kept_at_half"] <= 1
+    top = scores.argsort(dim=1, descending=True)[:, : scores.shape[1] // 2]
+    kept = torch.zeros_like(objects).scatter_(1, top, True)
+    assert figures["object_tokens_kept_at_half"] == pytest.approx(
+        float(kept[objects].float().mean()), abs=1e-3
+    )

@@ -67,6 +67,8 @@ def test_vision_from_reuses_the_tower_and_projector(trained, tmp_path):
     for name, value in saved.model.vision_tower.state_dict().items():
         assert torch.equal(model.model.vision_tower.state_dict()[name], value)
     assert stages["vision"]["test_probe"] == first["vision"]["test_probe"]
+    # Only the stage that ran counts as this run's training time.
+    assert train.train_seconds(stages) == stages["decoder"]["seconds"]
 
 
 def test_schedule_warms_up_then_decays_to_five_percent():
@@ -83,7 +85,10 @@ def test_schedule_warms_up_then_decays_to_five_percent():
     ("argv", "needle"),
     [(["--steps", "0"], "--steps"), (["--warmup", "5", "--steps", "5"], "--warmup"),
      (["--guided-kinds", "colour,blorp"], "--guided-kinds"), (["--guide-layer", "6"],
-     "--guide-layer"), (["--vision-from", "/no/such"], "--vision-from")],
+     "--guide-layer"), (["--vision-from", "/no/such"], "--vision-from"),
+     (["--lr", "0"], "--lr"), (["--vision-lr", "-1"], "--vision-lr"),
+     (["--descriptions", "-1"], "--descriptions"), (["--guide-weight", "-0.5"], "--guide-weight"),
+     (["--vision-gate", "1.5"], "--vision-gate"), (["--vision-gate", "0"], "--vision-gate")],
 )  # fmt: skip
 def test_training_script_refuses_bad_arguments(argv, needle, capsys):
     with pytest.raises(SystemExit):
@@ -173,6 +178,27 @@ def test_every_packed_answer_is_predicted_as_the_evaluation_prompt_asks_it():
         with torch.no_grad():
             alone = answer_logits(model, batch(group))
         torch.testing.assert_close(logits[i, answers], alone, atol=2e-5, rtol=1e-5)
+
+
+def test_a_rows_targets_do_not_depend_on_the_padding_other_rows_force_on_it():
+    """With ground dropout rows keep different numbers of image tokens, so shorter ones are
+    padded after their image: each row's target logits equal those of the row packed alone."""
+    model = new_model(seed=3).eval()
+    groups = [make_examples("train", 70 + index, 3) for index in range(3)]
+    rows = pack(groups, ground=6, rng=np.random.default_rng(4), descriptions=1)
+    assert len({len(kept) for kept in rows.kept}) > 1  # the padding under test exists
+    logits = _packed_logits(model, rows, [g[0].scene for g in groups])
+    for i, group in enumerate(groups):
+        rng = np.random.default_rng(4)
+        for earlier in groups[:i]:  # the draws that came before row i's in the batch
+            kept_patches(earlier[0].scene, 6, rng)
+        alone = pack([group], ground=6, rng=rng, descriptions=1)
+        assert alone.kept[0].tolist() == rows.kept[i].tolist()
+        expected = _packed_logits(model, alone, [group[0].scene])[0]
+        packed_at = rows.targets[i] != IGNORE
+        alone_at = alone.targets[0] != IGNORE
+        assert torch.equal(rows.targets[i][packed_at], alone.targets[0][alone_at])
+        torch.testing.assert_close(logits[i][packed_at], expected[alone_at], atol=2e-5, rtol=1e-5)
 
 
 def test_ground_dropout_keeps_every_object_patch_at_its_position():

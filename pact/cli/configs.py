@@ -21,7 +21,9 @@ def add_config_commands(commands) -> None:
         help="list the official presets, each with the first sentence of its description",
         description="The official presets; `pact presets --show NAME` prints one in full.",
     )
-    presets.add_argument("--show", metavar="NAME", help="print one preset's YAML file")
+    presets.add_argument(
+        "--show", metavar="NAME", help="print one preset's YAML file (default: list every preset)"
+    )
     presets.set_defaults(run=run_presets)
 
     config = commands.add_parser(

@@ -96,7 +96,9 @@ def _add_how_options(parser: argparse.ArgumentParser) -> None:
         help="upper bound on each answer's tokens (default: the task's)",
     )
     parser.add_argument(
-        "--output", metavar="PATH", help="write metrics, pact figures and the full config as JSON"
+        "--output",
+        metavar="PATH",
+        help="write metrics, pact figures and the full config as JSON (default: printed only)",
     )
     parser.add_argument(
         "--device",

@@ -71,7 +71,7 @@ def add_run(commands) -> None:
     add("--scenes", type=int, help="held-out questions to ask (trained model; default: 6)")
     add("--first", type=int, help="index of the first test question (trained model; default: 0)")
     add("--out", help="overlay PNG of the first scene (trained model; default: pact-run.png)")
-    add("--image", help="image file (checkpoints; required there)")
+    add("--image", help="image file (checkpoints; required there, no default)")
     add("--prompt", help="question about the image (checkpoints; default: 'Describe this "
         "image.')")
     add("--text", choices=("qwen2", "llama", "mistral", "phi3"),

@@ -118,6 +118,7 @@ def speed(report: dict[str, Any]) -> None:
 def quality(report: dict[str, Any]) -> None:
     """Methods x target ratios: relative accuracy, its 95% interval and the measured ratio
     of each cell; then which methods the intervals tell apart."""
+    from pact.bench.quality.methods import METHODS
     from pact.bench.quality.report import RELATIVE, x_value
 
     def cell(row: dict | None) -> str:
@@ -137,6 +138,8 @@ def quality(report: dict[str, Any]) -> None:
     before = [f"unreduced accuracy {report['unreduced_accuracy']:.4f} [{low:.4f}, {high:.4f}] on "
               f"{report['examples']} test examples; cells: {RELATIVE} [95% interval] "
               "(measured reduction ratio)"]  # fmt: skip
-    after = ["vtw's and tome's ratios are layer-averaged (their removal differs by layer)",
+    averaged = [m for m, *_ in rows if METHODS[m].layer_averaged]
+    after = [*([f"{' and '.join(averaged)}: ratios layer-averaged (removal differs by layer)"]
+               if averaged else []),
              *report["comparisons"], f"{report['seconds']} s on {report['threads']} threads"]
     print_table(("method", *(f"~{t:.0%} removed" for t in targets)), rows, before, after)

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from pact.models.shapes.questions import ANSWERS, KINDS
 from pact.models.shapes.score import SUBSET, blind_accuracy, examples
-from pact.models.shapes.spec import DECODER, IMAGE_TOKENS, PATCH_PX, VISION
+from pact.models.shapes.spec import (
+    DECODER,
+    IMAGE_TOKENS,
+    PATCH_PX,
+    PROBE_SCENES,
+    VAL_QUESTIONS,
+    VISION,
+)
 
 
 def _blind(test: dict) -> str:
@@ -24,7 +31,7 @@ def _vision(figures: dict) -> str:
         f"{origin}{vision['steps']} steps, {vision['seconds']} s; gate: validation shape "
         f"accuracy >= {vision['gate']} "
         f"({'reached' if vision['gate_reached'] else 'NOT reached'}).\n"
-        "  Held-out token heads on 300 test scenes: object-token shape "
+        f"  Held-out token heads on {PROBE_SCENES} test scenes: object-token shape "
         f"**{probe['shape']:.3f}**, colour {probe['colour']:.3f}, size {probe['size']:.3f}; "
         f"ground {probe['ground']:.3f}; centre recall {probe['centre_recall']:.3f}, "
         f"precision {probe['centre_precision']:.3f}; centre x error {probe['x_error_px']:.2f} px."
@@ -38,7 +45,7 @@ def _decoder(figures: dict) -> str:
         f"{decoder['steps']} steps x {settings['batch_size']} scenes x {settings['questions']} "
         f"questions (+ {settings['descriptions']} description), {decoder['seconds']} s; "
         f"final loss {decoder['final_loss']}, guidance loss {decoder['final_guide_loss']}.\n"
-        f"  Validation accuracy (300 questions) by step: {curve}."
+        f"  Validation accuracy ({VAL_QUESTIONS} questions) by step: {curve}."
     )
 
 
@@ -49,7 +56,10 @@ def render(figures: dict) -> str:
         f"| {kind} | {test['by_kind'][kind]:.3f} | {_interval(test['by_kind_interval'][kind])} |"
         for kind in KINDS if kind in test["by_kind"]
     )  # fmt: skip
-    objects = ", ".join(f"{n}: {acc:.3f}" for n, acc in test["by_objects"].items())
+    objects = ", ".join(
+        f"{n}: {acc:.3f} {_interval(test['by_objects_interval'][n])}"
+        for n, acc in test["by_objects"].items()
+    )
     machine = figures["machine"]
     return f"""# pact-shapes-vqa (quality benchmark model)
 

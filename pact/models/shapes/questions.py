@@ -66,7 +66,7 @@ def encode(text: str) -> list[int]:
 
 
 def make_example(split: str, index: int) -> Example:
-    """The ``index``-th example of ``split`` ("train" or "test"), the same on every run."""
+    """The ``index``-th example of ``split`` ("train", "val" or "test"), the same on every run."""
     return make_examples(split, index, 1)[0]
 
 

@@ -27,15 +27,20 @@ def examples(split: str, size: int) -> tuple[Example, ...]:
 @torch.no_grad()
 def answer_ids(model, items: tuple[Example, ...], batch_size: int = 64,
                device: str | torch.device = "cpu", after_batch=None) -> list[int]:  # fmt: skip
-    """The greedy answer (argmax of the next-token logits) to each example, as a token id.
+    """The greedy answer (argmax of the next-token logits) to each example, as a token id,
+    over the tokens ``generate`` may emit (the generation config's ``suppress_tokens``, e.g.
+    the image token, are left out), so that it is ``generate``'s first token.
 
     ``after_batch()`` is called after each batch's forward (to read a hook's stats).
     """
+    suppressed = list(getattr(model.generation_config, "suppress_tokens", None) or [])
     answers: list[int] = []
     for start in range(0, len(items), batch_size):
         chunk = items[start:start + batch_size]
         inputs = {k: v.to(device) for k, v in batch(list(chunk)).items()}
-        answers += answer_logits(model, inputs).argmax(dim=-1).tolist()
+        logits = answer_logits(model, inputs)
+        logits[:, suppressed] = float("-inf")
+        answers += logits.argmax(dim=-1).tolist()
         if after_batch is not None:
             after_batch()
     return answers
@@ -83,6 +88,7 @@ def summarise(items: tuple[Example, ...], right: list[bool]) -> dict:
         "by_kind": {kind: share(by_kind[kind]) for kind in kinds},
         "by_kind_interval": {kind: interval(by_kind[kind]) for kind in kinds},
         "by_objects": {str(n): share(by_objects[n]) for n in sorted(by_objects)},
+        "by_objects_interval": {str(n): interval(by_objects[n]) for n in sorted(by_objects)},
         f"first_{SUBSET}_correct": sum(right[:SUBSET]),
     }
 

@@ -20,3 +20,8 @@ REDUCTION_LAYER = 1
 to this depth and rounded up. The decoder reads the image mostly at layer 2 (guided there
 in training); after it the visual tokens matter little (docs/quality.md)."""
 WEIGHTS_NAME = "model.safetensors"
+PROBE_SCENES = 300
+"""Held-out scenes the vision stage's token heads are scored on (validation while training,
+test for the card)."""
+VAL_QUESTIONS = 300
+"""Validation questions scored at each of the decoder stage's checks (the card's curve)."""

@@ -37,6 +37,7 @@ from pact.models.shapes.model import new_model, pixel_values, visual_features
 from pact.models.shapes.packing import IGNORE, PackedRows, pack
 from pact.models.shapes.questions import KINDS, make_examples
 from pact.models.shapes.score import accuracy_by_kind
+from pact.models.shapes.spec import DECODER, IMAGE_TOKENS, VAL_QUESTIONS
 from pact.models.shapes.vision import VisionSettings, schedule, train_vision
 
 DECODER_SCENES = 10_000_000
@@ -65,7 +66,7 @@ class DecoderSettings:
     def ground(self, step: int) -> int:
         """Ground tokens a row keeps at ``step``: from ``ground_start`` up to all."""
         full = max(1, round(self.ground_full_at * self.steps))
-        return round(self.ground_start + (144 - self.ground_start) * min(1.0, step / full))
+        return round(self.ground_start + (IMAGE_TOKENS - self.ground_start) * min(1.0, step / full))
 
 
 def packed_loss(model, rows: PackedRows, scenes, device: str) -> torch.Tensor:
@@ -124,10 +125,10 @@ def train_decoder(model, settings: DecoderSettings, log=print) -> dict:
 
 
 def _check(model, step: int, losses: list, started: float, device: str, log) -> dict:
-    """Losses of the last 50 steps and accuracy on 300 validation questions."""
+    """Losses of the last 50 steps and accuracy on the validation questions."""
     recent = np.asarray(losses[-50:])
     model.eval()
-    val = accuracy_by_kind(model, "val", 300, device=device)
+    val = accuracy_by_kind(model, "val", VAL_QUESTIONS, device=device)
     model.train()
     check = {"step": step + 1, "loss": round(float(recent[:, 0].mean()), 4),
              "guide_loss": round(float(recent[:, 1].mean()), 4),
@@ -148,7 +149,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--test-size", type=int, default=1000,
         help="test questions scored at the end: the card's accuracy (default: 1000)")
     add("--vision-from", metavar="DIR",
-        help="skip stage 1: take the tower and projector of a model this script saved")
+        help="skip stage 1: take the tower and projector of a model this script saved "
+        "(default: none, stage 1 trains them)")
     add("--vision-steps", type=int, default=2400, help="most stage-1 steps (default: 2400)")
     add("--vision-batch", type=int, default=64, help="stage-1 scenes per step (default: 64)")
     add("--vision-lr", type=float, default=3e-3, help="stage-1 peak learning rate (default: 3e-3)")
@@ -185,12 +187,20 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
                  "steps", "batch_size", "questions", "check_every"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    for name in ("lr", "vision_lr"):
+        if not getattr(args, name) > 0:
+            parser.error(f"--{name.replace('_', '-')} must be above 0")
+    if args.descriptions < 0 or args.guide_weight < 0:
+        parser.error("--descriptions and --guide-weight must be at least 0")
+    if not 0 < args.vision_gate <= 1:
+        parser.error("--vision-gate must be in (0, 1]: a held-out accuracy")
     if not 0 <= args.warmup < args.steps:
         parser.error("--warmup must be in [0, --steps)")
-    if not 0 <= args.ground_start <= 144 or not 0 < args.ground_full_at <= 1:
-        parser.error("--ground-start must be in [0, 144] and --ground-full-at in (0, 1]")
-    if not 0 <= args.guide_layer < 6:
-        parser.error("--guide-layer must be a decoder layer, 0 to 5")
+    if not 0 <= args.ground_start <= IMAGE_TOKENS or not 0 < args.ground_full_at <= 1:
+        parser.error(f"--ground-start must be in [0, {IMAGE_TOKENS}] and --ground-full-at in "
+                     "(0, 1]")
+    if not 0 <= args.guide_layer < DECODER["layers"]:
+        parser.error(f"--guide-layer must be a decoder layer, 0 to {DECODER['layers'] - 1}")
     unknown = set(args.guided_kinds.split(",")) - set(KINDS)
     if unknown:
         parser.error(f"--guided-kinds: unknown {sorted(unknown)}; known: {', '.join(KINDS)}")
@@ -233,6 +243,12 @@ def card_vision(folder: str | Path) -> dict:
     return json.loads((Path(folder) / "training.json").read_text(encoding="utf-8"))["vision"]
 
 
+def train_seconds(stages: dict) -> float:
+    """Seconds this run trained: a stage reused with ``--vision-from`` ran elsewhere."""
+    ran = [stage for stage in stages.values() if "from" not in stage]
+    return round(sum(stage.get("seconds", 0.0) for stage in ran), 1)
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     model, stages = train(args)
@@ -243,7 +259,7 @@ def main(argv: list[str] | None = None) -> dict:
         "settings": {k: v for k, v in vars(args).items() if k != "out"},
         "vision": stages["vision"],
         "decoder": stages["decoder"],
-        "train_seconds": round(sum(s.get("seconds", 0.0) for s in stages.values()), 1),
+        "train_seconds": train_seconds(stages),
         "test_seconds": round(time.perf_counter() - started, 1),
         "test": test,
         "machine": {"cpu_threads": args.threads, "platform": platform.platform(),

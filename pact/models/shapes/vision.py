@@ -41,13 +41,11 @@ from pact.models.shapes.scenes import (
     SceneObject,
     shape_mask,
 )
-from pact.models.shapes.spec import GRID, PATCH_PX
+from pact.models.shapes.spec import GRID, PATCH_PX, PROBE_SCENES
 
 COVERED = 0.3
 """Fraction of a patch an object must cover for the patch to show that object."""
 CLASS_TARGETS = ("shape", "colour", "size", "centre")
-PROBE_SCENES = 300
-"""Held-out test scenes :func:`probe` scores (the card's vision figures)."""
 
 
 def object_patches(obj: SceneObject, flip: bool = False) -> np.ndarray:
