@@ -140,7 +140,10 @@ def _add_scale_options(parser: argparse.ArgumentParser) -> None:
         help="Qwen-VL: most pixels per image (default: lmms-eval's, e.g. 1605632 for Qwen2.5-VL)",
     )
     parser.add_argument(
-        "--min-pixels", type=int, metavar="N", help="Qwen-VL: fewest pixels per image"
+        "--min-pixels",
+        type=int,
+        metavar="N",
+        help="Qwen-VL: fewest pixels per image (default: lmms-eval's, e.g. 200704 for Qwen2.5-VL)",
     )
     parser.add_argument(
         "--interface",

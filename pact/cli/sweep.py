@@ -34,12 +34,15 @@ def add_sweep(commands) -> None:
     )  # fmt: skip
     parser.add_argument("grid", metavar="GRID.yaml", help="the grid file (docs/ablation.md)")
     parser.add_argument(
-        "--dry-run", action="store_true", help="list the cells and their commands; run nothing"
+        "--dry-run",
+        action="store_true",
+        help="list the cells and their commands; run nothing (default: run them)",
     )
     parser.add_argument(
         "--no-wait",
         action="store_true",
-        help="with submit: return once the jobs are submitted (run again to collect)",
+        help="with submit: return once the jobs are submitted, and run again to collect "
+        "(default: wait for the jobs, then collect)",
     )
     parser.set_defaults(run=run_sweep)
 
