@@ -3,6 +3,8 @@
 Components (scorers, clusterers, mergers) -> :mod:`pact.pipeline` -> the hook.
 """
 
+from importlib import metadata as _metadata
+
 from pact import builtin_components  # noqa: F401  (registers the built-in components)
 from pact.clusterers.base import Clusterer, ClustererConfig
 from pact.component import ComponentConfig
@@ -35,7 +37,12 @@ from pact.tensors import (
     RowReduction,
 )
 
-__version__ = "0.1.0"
+DISTRIBUTION = "pact-vlm"  # the name on PyPI ("pact" there is another project)
+# The version is written once, in pyproject.toml; the installed distribution reports it.
+try:
+    __version__ = _metadata.version(DISTRIBUTION)
+except _metadata.PackageNotFoundError:  # a checkout on sys.path that was never installed
+    __version__ = "0+unknown"
 
 _HOOK_EXPORTS = ("attach", "attached", "handle_of", "PactHandle")
 

@@ -6,7 +6,7 @@ import importlib
 import importlib.util
 from types import ModuleType
 
-_EXTRAS = {"faiss": "faiss", "sklearn": "sklearn", "flash_attn": "flash"}
+_EXTRAS = {"faiss": "faiss", "sklearn": "sklearn", "flash_attn": "flash", "submitit": "sweep"}
 
 
 def available(module: str) -> bool:
@@ -21,6 +21,6 @@ def require(module: str, needed_by: str) -> ModuleType:
         extra = _EXTRAS.get(top, top)
         raise ImportError(
             f"{needed_by} needs the optional package {top!r}; install it with "
-            f"`pip install 'pact[{extra}]'`"
+            f"`pip install 'pact-vlm[{extra}]'`"
         )
     return importlib.import_module(module)

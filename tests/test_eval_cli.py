@@ -5,36 +5,15 @@ from __future__ import annotations
 import json
 import re
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
+from helpers_eval import FAMILY, expected, noise_images, write_task
 
 import pact
 from pact.cli import build_parser, main
 from pact.cli import eval as command
 
 pytestmark = pytest.mark.usefixtures("single_thread")
-
-FAMILY = "qwen2_vl"
-QUESTIONS = [f"What is in picture {i}?" for i in range(4)]
-TASK_YAML = """task: tiny_vqa
-dataset_path: {data}
-dataset_kwargs:
-  load_from_disk: true
-test_split: test
-output_type: generate_until
-doc_to_visual: !function tiny_utils.doc_to_visual
-doc_to_text: "{{{{question}}}}"
-doc_to_target: answer
-generation_kwargs:
-  max_new_tokens: 4
-  until: ["never-written"]
-metric_list:
-  - metric: exact_match
-    aggregation: mean
-    higher_is_better: true
-"""
 
 
 @pytest.fixture(autouse=True)
@@ -53,64 +32,12 @@ def no_model_work(monkeypatch):
     monkeypatch.setattr("pact.eval.runner.load_model", refuse)
 
 
-def _noise_images() -> list[Image.Image]:
-    rng = np.random.default_rng(0)
-    return [
-        Image.fromarray(rng.integers(0, 255, (32 + 8 * i, 40, 3), dtype=np.uint8)) for i in range(4)
-    ]
-
-
-def _expected(images) -> tuple[list[str], int, int]:
-    """Answers, visual tokens in and out: each question alone, with a fresh handle."""
-    from pact.models.tiny_processor import load_tiny
-
-    processor, model = load_tiny(FAMILY)
-    answers, visual_in, visual_out = [], 0, 0
-    for image, question in zip(images, QUESTIONS, strict=True):
-        content = [{"type": "image"}, {"type": "text", "text": question}]
-        text = processor.apply_chat_template(
-            [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False
-        )
-        inputs = processor(images=[image], text=[text], return_tensors="pt")
-        with pact.attached(model, "pact") as handle, torch.no_grad():
-            output = model.generate(**inputs, max_new_tokens=3, do_sample=False)
-        new = output[0, inputs["input_ids"].shape[1] :]
-        answers.append(processor.tokenizer.decode(new, skip_special_tokens=True).strip())
-        visual_in, visual_out = (
-            visual_in + handle.stats.visual_in,
-            visual_out + handle.stats.visual_out,
-        )
-    return answers, visual_in, visual_out
-
-
-def _write_task(folder, images, targets) -> None:
-    """A task whose documents live in a `datasets` folder on disk: nothing to download."""
-    import datasets
-
-    features = datasets.Features(
-        {
-            "image": datasets.Image(),
-            "question": datasets.Value("string"),
-            "answer": datasets.Value("string"),
-        }
-    )
-    rows = {"image": images, "question": QUESTIONS, "answer": targets}
-    data = folder / "data"
-    datasets.DatasetDict(
-        {"test": datasets.Dataset.from_dict(rows, features=features)}
-    ).save_to_disk(str(data))
-    (folder / "tiny_vqa.yaml").write_text(TASK_YAML.format(data=data), encoding="utf-8")
-    (folder / "tiny_utils.py").write_text(
-        "def doc_to_visual(doc):\n    return [doc['image'].convert('RGB')]\n", encoding="utf-8"
-    )
-
-
 def test_eval_runs_a_local_task_and_reports_metric_ratio_and_latency(tmp_path, capsys):
     pytest.importorskip("lmms_eval")
-    images = _noise_images()
-    answers, visual_in, visual_out = _expected(images)
+    images = noise_images(4)
+    answers, visual_in, visual_out = expected(images)
     # Two documents carry the answer the model gives, two an answer it cannot give.
-    _write_task(tmp_path, images, answers[:2] + ["never-answered"] * 2)
+    write_task(tmp_path, images, answers[:2] + ["never-answered"] * 2)
     output = tmp_path / "report.json"
     code = main(
         [
@@ -172,7 +99,7 @@ def test_missing_lmms_eval_says_how_to_install(monkeypatch, capsys, no_model_wor
     monkeypatch.setattr(command, "lmms_eval_available", lambda: False)
     assert main(["eval", "--model", "tiny:llava", "--tasks", "mme"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("pact eval: ") and 'pip install "pact[eval]"' in err
+    assert err.startswith("pact eval: ") and 'pip install "pact-vlm[eval]"' in err
 
 
 @pytest.mark.parametrize(
@@ -180,6 +107,7 @@ def test_missing_lmms_eval_says_how_to_install(monkeypatch, capsys, no_model_wor
     [
         (["--batch-size", "0"], r"--batch-size must be at least 1"),
         (["--max-new-tokens", "0"], r"--max-new-tokens must be at least 1"),
+        (["--max-pixels", "0"], r"--max-pixels must be at least 1"),
         (["--limit", "0"], r"--limit takes a count or a fraction"),
         (["--limit", "2.5"], r"--limit takes a count or a fraction"),
         (["--output", "/no/such/folder/report.json"], r"--output: folder"),
@@ -211,8 +139,71 @@ def test_unknown_task_is_named_with_close_names(tmp_path, capsys, monkeypatch, n
         return local_only(verbosity, include_path=include_path, include_defaults=False)
 
     monkeypatch.setattr(lmms_eval.tasks, "TaskManager", manager)
-    _write_task(tmp_path, _noise_images(), ["a"] * 4)
+    write_task(tmp_path, noise_images(4), ["a"] * 4)
     argv = ["eval", "--model", "tiny:llava", "--tasks", "tiny_vq", "--include-path", str(tmp_path)]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "--tasks: unknown task 'tiny_vq' (close: tiny_vqa)" in err
+
+
+CHOICE_YAML = """task: tiny_choice
+dataset_path: {data}
+dataset_kwargs:
+  load_from_disk: true
+test_split: test
+output_type: multiple_choice
+doc_to_visual: !function tiny_utils.doc_to_visual
+doc_to_text: "{{{{question}}}}"
+doc_to_choice: ["yes", "no"]
+doc_to_target: answer
+metric_list:
+  - metric: acc
+    aggregation: mean
+    higher_is_better: true
+"""
+
+
+def _choice_losses(images) -> list[dict[str, float]]:
+    """HF's loss of ' yes' and of ' no' after each question, with pact attached."""
+    from helpers_eval import questions
+
+    from pact.models.tiny_processor import load_tiny
+
+    processor, model = load_tiny(FAMILY)
+    losses = []
+    for image, question in zip(images, questions(len(images)), strict=True):
+        content = [{"type": "image"}, {"type": "text", "text": question}]
+        prompt = processor.apply_chat_template(
+            [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False
+        )
+        context = processor(images=[image], text=[prompt], return_tensors="pt")
+        row = {}
+        for choice in ("yes", "no"):
+            full = processor(images=[image], text=[f"{prompt} {choice}"], return_tensors="pt")
+            labels = full["input_ids"].clone()
+            labels[:, : context["input_ids"].shape[1]] = -100
+            with pact.attached(model, "pact"), torch.no_grad():
+                row[choice] = model(**full, labels=labels).loss.item()
+        losses.append(row)
+    return losses
+
+
+def test_multiple_choice_task_runs_the_simple_form_in_batches(tmp_path, capsys):
+    pytest.importorskip("lmms_eval")
+    images = noise_images(4)
+    # lmms-eval scores a choice right when its loss is the least.
+    picks = [min(row, key=row.get) for row in _choice_losses(images)]
+    flipped = {"yes": "no", "no": "yes"}
+    write_task(tmp_path, images, [*picks[:3], flipped[picks[3]]], CHOICE_YAML, "tiny_choice")
+    output = tmp_path / "report.json"
+    argv = ["eval", "--model", f"tiny:{FAMILY}", "--tasks", "tiny_choice", "--device", "cpu",
+            "--include-path", str(tmp_path), "--batch-size", "auto",
+            "--output", str(output)]  # fmt: skip
+    assert main(argv) == 0, capsys.readouterr().err
+    report = json.loads(output.read_text(encoding="utf-8"))
+    assert report["interface"] == "simple"  # log-likelihoods go to lmms-eval's simple form
+    assert report["results"]["tiny_choice"]["acc,none"] == 0.75
+    assert report["pact"]["overall"]["requests"] == 8  # two choices per document
+    capsys.readouterr()
+    assert main([*argv, "--interface", "chat"]) == 2  # refused before the model loads
+    assert "--interface chat: a task scores log-likelihoods" in capsys.readouterr().err

@@ -9,10 +9,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
+from helpers_lmms import (
+    DOCS,
+    FAMILY,
+    SEED,
+    SPLIT,
+    TASK,
+    direct_answer,
+    direct_inputs,
+    requests,
+    wrapper,
+)
 
 import pact
 from pact.eval.runner import Generation, TaskTotals
@@ -22,70 +31,6 @@ from pact.models.tiny_processor import load_tiny
 pytest.importorskip("lmms_eval")
 
 pytestmark = pytest.mark.usefixtures("single_thread")
-
-TASK, SPLIT = "tiny_task", "test"
-FAMILY, SEED = "qwen2_vl", 0  # this seed's random answers differ from image to image
-GEN_KWARGS = {"max_new_tokens": 5, "until": ["\x00never"]}
-
-
-def noise_images(count: int) -> list[Image.Image]:
-    """Images of different sizes (so rows pad differently) and contents."""
-    rng = np.random.default_rng(0)
-    shapes = [(32 + 8 * i, 40 + 4 * (i % 2)) for i in range(count)]
-    return [Image.fromarray(rng.integers(0, 255, (*hw, 3), dtype=np.uint8)) for hw in shapes]
-
-
-DOCS = [
-    {"image": image, "question": f"What is in picture {i}?"}
-    for i, image in enumerate(noise_images(4))
-]
-
-
-def doc_to_visual(doc):
-    return [doc["image"]]
-
-
-def requests(kind: str = "generate_until", second=GEN_KWARGS, docs=DOCS):
-    """One request per document; ``second`` (gen kwargs or continuation) may be per document."""
-    from lmms_eval.api.instance import Instance
-
-    seconds = second if isinstance(second, list) else [second] * len(docs)
-    return [
-        Instance(
-            kind,
-            (doc["question"], extra, doc_to_visual, i, TASK, SPLIT),
-            idx=i,
-            metadata={"task": TASK, "doc_id": i, "repeats": 1},
-        )
-        for i, (doc, extra) in enumerate(zip(docs, seconds, strict=True))
-    ]
-
-
-def wrapper(config="pact", batch_size=1, family=FAMILY, **kwargs):
-    from pact.eval.lmms import PactLMM
-
-    model = PactLMM(
-        f"tiny:{family}", config, batch_size=batch_size, device="cpu", seed=SEED, **kwargs
-    )
-    model.task_dict = {TASK: {SPLIT: DOCS}}
-    return model
-
-
-def direct_inputs(processor, doc, text_after: str = ""):
-    """The processor on the chat-templated question, written here without the wrapper."""
-    content = [{"type": "image"}, {"type": "text", "text": doc["question"]}]
-    prompt = processor.apply_chat_template(
-        [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False
-    )
-    return processor(images=[doc["image"]], text=[prompt + text_after], return_tensors="pt")
-
-
-def direct_answer(model, processor, doc, new_tokens=5) -> tuple[str, list[int]]:
-    inputs = direct_inputs(processor, doc)
-    with torch.no_grad():
-        output = model.generate(**inputs, max_new_tokens=new_tokens, do_sample=False)
-    tokens = output[0, inputs["input_ids"].shape[1] :].tolist()
-    return processor.tokenizer.decode(tokens, skip_special_tokens=True).strip(), tokens
 
 
 def test_config_none_answers_equal_plain_generate():
@@ -142,7 +87,7 @@ def test_model_is_left_unreduced_after_the_requests():
     assert lm.runner is None and lm.summary()["overall"]["requests"] == 8
 
 
-def test_loglikelihood_equals_hf_loss_and_flags_greedy_continuations():
+def test_loglikelihood_is_hf_loss_and_flags_greedy_continuations():
     lm = wrapper("none")
     processor, model = load_tiny(FAMILY, seed=SEED)
     # A continuation the model itself would write greedily: its first token, when that
@@ -157,14 +102,14 @@ def test_loglikelihood_equals_hf_loss_and_flags_greedy_continuations():
             greedy_texts.append(" yes")
     assert any(text != " yes" for text in greedy_texts)
     results = lm.loglikelihood(requests("loglikelihood", greedy_texts))
-    for (logprob, greedy), text, doc in zip(results, greedy_texts, DOCS, strict=True):
+    for (mean_loss, greedy), text, doc in zip(results, greedy_texts, DOCS, strict=True):
         context = direct_inputs(processor, doc)["input_ids"].shape[1]
         full = direct_inputs(processor, doc, text)
         labels = full["input_ids"].clone()
         labels[:, :context] = -100  # HF's loss averages over the continuation only
         with torch.no_grad():
             loss = model(**full, labels=labels).loss.item()
-        assert logprob == pytest.approx(-loss * (labels.shape[1] - context), rel=1e-5)
+        assert mean_loss == pytest.approx(loss, rel=1e-5)  # lmms-eval's convention: HF's loss
         assert greedy == (text != " yes")
 
 
@@ -178,8 +123,6 @@ def test_requests_of_several_kinds_and_refusals():
     lm.task_dict = {TASK: {SPLIT: video}}
     with pytest.raises(ValueError, match="videos and audio are not supported"):
         lm.generate_until(requests(docs=video))
-    with pytest.raises(NotImplementedError, match="single-turn"):
-        lm.generate_until_multi_round([])
 
 
 def test_generation_kwargs_and_totals():
@@ -215,13 +158,17 @@ def test_registered_with_lmms_eval_and_built_from_an_argument_string():
     from lmms_eval.models import get_model
 
     from pact.eval import lmms_manifest
+    from pact.eval.chat import PactChatLMM
     from pact.eval.lmms import PactLMM
 
-    assert get_model("pact") is PactLMM and MODEL_REGISTRY["pact"] is PactLMM
+    # lmms-eval's rule: the chat form unless --force_simple.
+    assert get_model("pact") is PactChatLMM and get_model("pact", force_simple=True) is PactLMM
+    assert MODEL_REGISTRY["pact"] is PactLMM
     pyproject = Path(__file__).parents[1].joinpath("pyproject.toml").read_text("utf-8")
     entry_point = '[project.entry-points."lmms_eval.models"]\npact = "pact.eval:lmms_manifest"'
     assert entry_point in pyproject
     assert lmms_manifest().simple_class_path == "pact.eval.lmms.PactLMM"
+    assert lmms_manifest().chat_class_path == "pact.eval.chat.PactChatLMM"
     lm = PactLMM.create_from_arg_string(
         "pretrained=tiny:llava,config=pact,overrides=keep_ratio=0.3;clusterer.cutoff=0.3",
         {"batch_size": 2, "device": "cpu", "max_batch_size": None},

@@ -1,7 +1,8 @@
 """The ``pact`` command line: one module per command group.
 
 :mod:`~pact.cli.configs` (``presets``, ``config``, ``components``), :mod:`~pact.cli.run`,
-:mod:`~pact.cli.viz`, :mod:`~pact.cli.bench` and :mod:`~pact.cli.eval`; what they share is
+:mod:`~pact.cli.viz`, :mod:`~pact.cli.bench`, :mod:`~pact.cli.eval` and
+:mod:`~pact.cli.sweep`; what they share is
 :mod:`~pact.cli.options`. Building the parser imports neither torch nor transformers: a
 command imports what it runs when it runs, so ``pact --help`` answers at once.
 """
@@ -12,7 +13,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from pact.cli import bench, configs, run, viz
+from pact.cli import bench, configs, run, sweep, viz
 from pact.cli import eval as evaluate
 from pact.errors import ConfigError, UnknownNameError
 
@@ -46,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     viz.add_viz(commands)
     bench.add_bench(commands)
     evaluate.add_eval(commands)
+    sweep.add_sweep(commands)
     return parser
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ DESCRIPTION = (
     "Run lmms-eval tasks on a VLM with a pact config attached and print each task's "
     "metrics next to the visual tokens kept, the reduction ratio and the mean prefill and "
     "generation seconds per request (a request's seconds are those of its batch). Needs "
-    'lmms-eval: pip install "pact[eval]".'
+    'lmms-eval: pip install "pact-vlm[eval]".'
 )
 
 
@@ -43,6 +44,7 @@ def add_eval(commands) -> None:
     )
     _add_what_options(parser)
     _add_how_options(parser)
+    _add_scale_options(parser)
     parser.set_defaults(run=run_eval)
 
 
@@ -81,10 +83,11 @@ def _add_how_options(parser: argparse.ArgumentParser) -> None:
     """How it runs: batching, answer length, device, dtype, attention, seed, output."""
     parser.add_argument(
         "--batch-size",
-        type=int,
+        type=_batch_size,
         default=1,
-        metavar="N",
-        help="requests generated together, left padded (default: 1)",
+        metavar="N|auto",
+        help="requests run together, left padded; auto: start at 32 and halve whenever a "
+        "batch runs out of GPU memory (default: 1)",
     )
     parser.add_argument(
         "--max-new-tokens",
@@ -97,7 +100,11 @@ def _add_how_options(parser: argparse.ArgumentParser) -> None:
         metavar="PATH",
         help="write metrics, pact figures and the full config as JSON (default: printed only)",
     )
-    parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    parser.add_argument(
+        "--device",
+        help="cpu, cuda or cuda:N (default: cuda when available); under torchrun or "
+        "accelerate launch each process takes cuda:LOCAL_RANK",
+    )
     parser.add_argument(
         "--dtype",
         choices=("auto", "float32", "bfloat16", "float16"),
@@ -118,16 +125,59 @@ def _add_how_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_scale_options(parser: argparse.ArgumentParser) -> None:
+    """Placement over GPUs, Qwen-VL's pixel budget and lmms-eval's model form."""
+    parser.add_argument(
+        "--device-map",
+        choices=("auto", "balanced", "sequential"),
+        help="spread a checkpoint's layers over the GPUs (transformers' device_map); with "
+        "several processes, over each one's share of them (default: one device)",
+    )
+    parser.add_argument(
+        "--max-pixels",
+        type=int,
+        metavar="N",
+        help="Qwen-VL: most pixels per image (default: lmms-eval's, e.g. 1605632 for Qwen2.5-VL)",
+    )
+    parser.add_argument(
+        "--min-pixels",
+        type=int,
+        metavar="N",
+        help="Qwen-VL: fewest pixels per image (default: lmms-eval's, e.g. 200704 for Qwen2.5-VL)",
+    )
+    parser.add_argument(
+        "--interface",
+        choices=("auto", "chat", "simple"),
+        default="auto",
+        help="lmms-eval model form: chat (prompts from the task's messages) or simple "
+        "(needed by log-likelihood tasks); auto: chat unless a task scores log-likelihoods",
+    )
+
+
 def run_eval(args: argparse.Namespace) -> int:
     """The ``pact eval`` command: check, evaluate, print the table, write the JSON."""
     config = check_args(args)
     manager, tasks = task_manager(args.tasks, args.include_path)
-    _quiet_lmms_eval_logs()
+    from pact.eval.parallel import Ranks
+
+    main_rank = Ranks.from_env().main
+    _quiet_lmms_eval_logs(main_rank)
+    if not main_rank:  # lmms-eval's own progress bars too: tqdm reads TQDM_DISABLE
+        os.environ["TQDM_DISABLE"] = "1"
+    loglikelihoods = scores_loglikelihood(manager, tasks)
+    if args.interface == "auto":
+        args.interface = "simple" if loglikelihoods else "chat"
+    elif args.interface == "chat" and loglikelihoods:
+        raise ValueError(
+            "--interface chat: a task scores log-likelihoods, which lmms-eval asks of simple "
+            "models only; use --interface simple (or auto)"
+        )
     from lmms_eval.evaluator import simple_evaluate
 
-    from pact.eval.lmms import PactLMM
-
-    model = PactLMM(
+    model_class = _model_class(args.interface)
+    # The model joins the launcher's process group (when there is one) before lmms-eval
+    # needs it, on this rank's own device.
+    model = model_class(
         args.model,
         config,
         device=args.device,
@@ -136,6 +186,9 @@ def run_eval(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         max_new_tokens=args.max_new_tokens,
         seed=args.seed,
+        device_map=args.device_map,
+        max_pixels=args.max_pixels,
+        min_pixels=args.min_pixels,
     )
     results = simple_evaluate(
         model=model,
@@ -149,7 +202,12 @@ def run_eval(args: argparse.Namespace) -> int:
         torch_random_seed=args.seed,
         fewshot_random_seed=args.seed,
     )
+    if not main_rank:  # rank 0 prints and writes; the figures were summed over the ranks
+        return 0
     report = build_report(args, config, results, model.summary())
+    report["interface"] = args.interface
+    report["processes"] = model.ranks.world_size
+    report["pixels"] = model.pixels
     print_results(report)
     if args.output:
         write_json(args.output, report)
@@ -162,7 +220,9 @@ def check_args(args: argparse.Namespace) -> PactConfig:
         raise ValueError(INSTALL_HINT)
     config = config_from_args(args)
     args.tasks = split(args.tasks, "--tasks", what="task name")
-    check_at_least_one(args, ("batch_size", "max_new_tokens"))
+    check_at_least_one(args, ("max_new_tokens", "max_pixels", "min_pixels"))
+    if args.batch_size != "auto" and args.batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1 or auto; got {args.batch_size}")
     if args.limit is not None:
         if args.limit <= 0 or (args.limit >= 1 and not args.limit.is_integer()):
             raise ValueError(f"--limit takes a count or a fraction below 1; got {args.limit:g}")
@@ -174,6 +234,48 @@ def check_args(args: argparse.Namespace) -> PactConfig:
             raise ValueError(f"--include-path: {folder!r} is not a folder")
     _check_device(args.device)
     return config
+
+
+def _batch_size(text: str) -> int | str:
+    if text.strip() == "auto":
+        return "auto"
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a count or auto; got {text!r}") from None
+
+
+def _model_class(interface: str):
+    if interface == "chat":
+        from pact.eval.chat import PactChatLMM
+
+        return PactChatLMM
+    from pact.eval.lmms import PactLMM
+
+    return PactLMM
+
+
+def scores_loglikelihood(manager, names: list[str]) -> bool:
+    """Whether a task among ``names`` (groups followed to their tasks) asks for
+    log-likelihoods (``loglikelihood`` or ``multiple_choice``), which lmms-eval sends
+    to simple models only."""
+    from lmms_eval.utils import load_yaml_config
+
+    pending, seen = list(names), set()
+    while pending:
+        name = pending.pop()
+        entry = manager.task_index.get(name) if isinstance(name, str) else None
+        if name in seen or not entry or entry.get("yaml_path", -1) == -1:
+            continue
+        seen.add(name)
+        config = load_yaml_config(entry["yaml_path"], mode="simple")
+        if entry["type"] == "task":
+            if config.get("output_type") in ("loglikelihood", "multiple_choice"):
+                return True
+        else:  # a group or tag: its tasks
+            listed = config.get("task") or entry.get("task") or []
+            pending += [listed] if isinstance(listed, str) else list(listed)
+    return False
 
 
 def _check_device(device: str | None) -> None:
@@ -220,12 +322,13 @@ def _expand(manager, names: list[str]) -> list[str]:
     return tasks
 
 
-def _quiet_lmms_eval_logs() -> None:
-    # lmms-eval logs warnings to stdout, between the table's lines; send them to stderr.
+def _quiet_lmms_eval_logs(main_rank: bool) -> None:
+    # lmms-eval logs warnings to stdout, between the table's lines; send them to stderr,
+    # and only errors from ranks other than 0 (each would repeat rank 0's warnings).
     from loguru import logger
 
     logger.remove()
-    logger.add(sys.stderr, level="WARNING")
+    logger.add(sys.stderr, level="WARNING" if main_rank else "ERROR")
 
 
 def build_report(args, config: PactConfig, results: dict, pact: dict) -> dict[str, Any]:

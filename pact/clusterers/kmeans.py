@@ -1,4 +1,4 @@
-"""k-means on unit-normalised features with faiss (optional backend ``pact[faiss]``)."""
+"""k-means on unit-normalised features with faiss (optional backend ``pact-vlm[faiss]``)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""DBSCAN and agglomerative clustering via scikit-learn (optional backend ``pact[sklearn]``)."""
+"""DBSCAN and agglomerative clustering via scikit-learn (optional backend ``pact-vlm[sklearn]``)."""
 
 from __future__ import annotations
 

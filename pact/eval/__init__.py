@@ -1,6 +1,6 @@
 """Evaluation with lmms-eval: the lmms-eval model ``pact`` (``pact eval`` is its command).
 
-lmms-eval is optional (``pip install "pact[eval]"``) and slow to import, so nothing here
+lmms-eval is optional (``pip install "pact-vlm[eval]"``) and slow to import, so nothing here
 imports it at module level: :mod:`pact.eval.lmms` (the wrapper class) does, and is only
 imported when an evaluation runs; :mod:`pact.eval.runner` is what the wrapper does with a
 model, free of lmms-eval.
@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import importlib.util
 
-INSTALL_HINT = 'lmms-eval is not installed; install it with: pip install "pact[eval]"'
+INSTALL_HINT = 'lmms-eval is not installed; install it with: pip install "pact-vlm[eval]"'
 WRAPPER_PATH = "pact.eval.lmms.PactLMM"
+CHAT_WRAPPER_PATH = "pact.eval.chat.PactChatLMM"
 
 
 def lmms_eval_available() -> bool:
@@ -25,6 +26,17 @@ def require_lmms_eval() -> None:
         raise ImportError(INSTALL_HINT)
 
 
+def positive_int(value, name: str) -> int:
+    """``value`` as an integer of at least 1; the error names the argument ``name``."""
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        number = 0
+    if number < 1:
+        raise ValueError(f"{name} must be a positive integer; got {value!r}")
+    return number
+
+
 def lmms_manifest():
     """lmms-eval's registration of the ``pact`` model (the ``lmms_eval.models`` entry point).
 
@@ -33,4 +45,6 @@ def lmms_manifest():
     """
     from lmms_eval.models.registry_v2 import ModelManifest
 
-    return ModelManifest(model_id="pact", simple_class_path=WRAPPER_PATH)
+    return ModelManifest(
+        model_id="pact", simple_class_path=WRAPPER_PATH, chat_class_path=CHAT_WRAPPER_PATH
+    )

@@ -29,10 +29,13 @@ class TaskTotals:
     visual_kept: int = 0
     prefill_s: float = 0.0
     generate_s: float = 0.0
+    reduce_s: float = 0.0
+    """pact's own seconds (score, cluster, merge) inside the prefills."""
 
     def add(self, other: TaskTotals) -> None:
         for name in ("requests", "visual_seen", "visual_kept", "prefill_s", "generate_s"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.reduce_s += other.reduce_s
 
     def summary(self) -> dict[str, Any]:
         """Plain numbers: counts, reduction ratio (1 - kept/seen), mean seconds per request."""
@@ -45,6 +48,7 @@ class TaskTotals:
             "reduction_ratio": round(ratio, 4),
             "prefill_s_per_request": self.prefill_s / per_request,
             "generation_s_per_request": self.generate_s / per_request,
+            "reduction_s_per_request": self.reduce_s / per_request,
         }
 
 
@@ -53,6 +57,17 @@ class RunTotals:
     """Per-task totals of a whole evaluation run."""
 
     tasks: dict[str, TaskTotals] = field(default_factory=dict)
+    rank_requests: list[int] = field(default_factory=list)
+    """Requests each rank answered, once the ranks' totals are merged (else empty)."""
+
+    @classmethod
+    def merged(cls, ranks: list[RunTotals]) -> RunTotals:
+        """The sum of every rank's totals, remembering how many requests each answered."""
+        total = cls(rank_requests=[run.overall().requests for run in ranks])
+        for run in ranks:
+            for name, task in run.tasks.items():
+                total.add(name, task)
+        return total
 
     def add(self, task: str, batch: TaskTotals) -> None:
         self.tasks.setdefault(task, TaskTotals()).add(batch)
@@ -65,7 +80,10 @@ class RunTotals:
 
     def summary(self) -> dict[str, Any]:
         tasks = {name: totals.summary() for name, totals in sorted(self.tasks.items())}
-        return {"overall": self.overall().summary(), "tasks": tasks}
+        summary = {"overall": self.overall().summary(), "tasks": tasks}
+        if self.rank_requests:
+            summary["rank_requests"] = list(self.rank_requests)
+        return summary
 
 
 @dataclass
@@ -117,31 +135,56 @@ class Generation:
 def prompt_text(processor, context: str, images: int) -> str:
     """The model's prompt: one user turn with ``images`` images, then ``context``.
 
-    Uses the processor's chat template; without one, image placeholders then the context
-    (LLaVA-1.5's raw form). A context that already holds the image placeholder keeps it.
+    A context that already holds the image placeholder keeps it (no images are added).
     """
-    image_token = getattr(processor, "image_token", "<image>")
-    if image_token in context:
+    if getattr(processor, "image_token", "<image>") in context:
         images = 0
+    content = [{"type": "image"}] * images + [{"type": "text", "text": context}]
+    return chat_text(processor, [{"role": "user", "content": content}])
+
+
+def chat_text(processor, messages: list[dict]) -> str:
+    """``messages`` (transformers' chat form) through the processor's chat template, with
+    the assistant's turn opened; without a template, each turn's image placeholders then
+    its text, one line each (LLaVA-1.5's raw form)."""
     if getattr(processor, "chat_template", None):
-        content = [{"type": "image"}] * images + [{"type": "text", "text": context}]
-        messages = [{"role": "user", "content": content}]
         return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    return f"{image_token}\n" * images + context
+    image_token = getattr(processor, "image_token", "<image>")
+    lines = []
+    for message in messages:
+        content = message["content"]
+        if isinstance(content, str):
+            lines.append(content)
+            continue
+        for part in content:
+            lines.append(image_token if part["type"] == "image" else part.get("text", ""))
+    return "\n".join(lines)
 
 
 def load_model(
-    spec: str, device: str | None, dtype: str = "auto", attn: str = "sdpa", seed: int = 0
+    spec: str,
+    device: str | None,
+    dtype: str = "auto",
+    attn: str = "sdpa",
+    seed: int = 0,
+    placement: dict | None = None,
 ):
     """``(processor, model)`` of a checkpoint (path or hub id) or ``tiny:<family>``.
 
     Names follow ``pact run``: ``tiny:NAME`` or a bare name that is no directory and has no
     '/' is a built-in tiny model, given a byte-level processor
-    (:mod:`pact.models.tiny_processor`).
+    (:mod:`pact.models.tiny_processor`). ``placement`` (transformers' ``device_map``,
+    e.g. ``auto``, and ``max_memory``) spreads a checkpoint over several devices; a tiny
+    model takes one.
     """
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if checkpoint.is_checkpoint(spec):
-        return checkpoint.load(spec, device, dtype, attn)
+        return checkpoint.load(spec, device, dtype, attn, placement=placement)
+    if placement:
+        raise ValueError(
+            f"device_map={placement['device_map']!r} spreads a checkpoint over devices; "
+            f"the built-in {spec!r} loads onto one (device=...)"
+        )
     from pact.models.tiny_processor import load_tiny
 
     family = spec.removeprefix(checkpoint.BUILTIN_PREFIX)
@@ -184,7 +227,7 @@ class EvalModel:
 
         inputs = self.inputs(texts, images)
         clock = checkpoint.FirstTokenClock(self.model.device)  # prefill ends at token one
-        removed_before = handle.stats.visual_in - handle.stats.visual_out
+        before = _reduction_before(handle)
         pad = self.tokenizer.pad_token_id
         checkpoint.synchronize(self.model.device)
         start = time.perf_counter()
@@ -201,33 +244,66 @@ class EvalModel:
         new = output[:, inputs["input_ids"].shape[1] :]
         decoded = self.tokenizer.batch_decode(new, skip_special_tokens=True)
         answers = [generation.cut(text) for text in decoded]
-        totals = self._totals(handle, inputs, removed_before, len(texts))
+        totals = self._totals(handle, inputs, before, len(texts))
         # Every request of the batch waited for the whole batch.
         totals.prefill_s = (first - start) * len(texts)
         totals.generate_s = (end - first) * len(texts)
         return answers, totals
 
-    def loglikelihood(self, handle, context: str, continuation: str, images: list):
-        """``((log p(continuation | context), greedy?), totals)`` of one request."""
-        prompt = prompt_text(self.processor, context, len(images))
-        context_length = self.inputs([prompt], images)["input_ids"].shape[1]
-        inputs = self.inputs([prompt + continuation], images)
-        removed_before = handle.stats.visual_in - handle.stats.visual_out
+    def loglikelihood(self, handle, rows: list[tuple[str, str, list]]):
+        """``([(loss, greedy?), ...], totals)`` of one batch of ``(prompt, continuation,
+        images)`` rows, scored in one forward (left padded).
+
+        ``loss`` is the continuation's mean token loss, ``-log p(continuation | prompt)``
+        over its tokens (HF's ``loss`` with the prompt masked): what lmms-eval 0.7's own
+        models return, and what its multiple-choice scoring expects (it takes the choice
+        of least loss); ``greedy`` says whether greedy decoding writes the continuation.
+        """
+        # A continuation's tokens are the full text's past its prompt's; the image
+        # placeholders expand alike in both, so the tokenizer alone counts them.
+        lengths = [
+            len(self.tokenizer(prompt + continuation)["input_ids"])
+            - len(self.tokenizer(prompt)["input_ids"])
+            for prompt, continuation, _ in rows
+        ]
+        images = [image for _, _, row_images in rows for image in row_images]
+        inputs = self.inputs([prompt + continuation for prompt, continuation, _ in rows], images)
+        before = _reduction_before(handle)
         checkpoint.synchronize(self.model.device)
         start = time.perf_counter()
         with torch.no_grad():
             logits = self.model(**inputs).logits
         checkpoint.synchronize(self.model.device)
-        totals = self._totals(handle, inputs, removed_before, 1)
-        totals.prefill_s = time.perf_counter() - start
-        # Position t predicts token t+1: the continuation's tokens follow the context's.
-        targets = inputs["input_ids"][0, context_length:]
-        scores = logits[0, context_length - 1 : -1].float().log_softmax(-1)
-        logprob = scores.gather(-1, targets[:, None]).sum().item()
-        greedy = bool((scores.argmax(-1) == targets).all())
-        return (logprob, greedy), totals
+        totals = self._totals(handle, inputs, before, len(rows))
+        totals.prefill_s = (time.perf_counter() - start) * len(rows)
+        width = inputs["input_ids"].shape[1]
+        results = []
+        for row, length in enumerate(lengths):
+            # Position t predicts token t+1; left padding puts every row's end at ``width``.
+            targets = inputs["input_ids"][row, width - length :]
+            scores = logits[row, width - length - 1 : width - 1].float().log_softmax(-1)
+            loss = -scores.gather(-1, targets[:, None]).mean().item() if length else 0.0
+            results.append((loss, bool((scores.argmax(-1) == targets).all())))
+        return results, totals
 
-    def _totals(self, handle, inputs: dict, removed_before: int, requests: int) -> TaskTotals:
+    def _totals(self, handle, inputs: dict, before: tuple[int, float], requests: int):
+        """What one batch added to the handle's stats, as a :class:`TaskTotals`."""
+        removed_before, seconds_before = before
         seen = self.visual_count(inputs["input_ids"])
         removed = handle.stats.visual_in - handle.stats.visual_out - removed_before
-        return TaskTotals(requests=requests, visual_seen=seen, visual_kept=seen - removed)
+        return TaskTotals(
+            requests=requests,
+            visual_seen=seen,
+            visual_kept=seen - removed,
+            reduce_s=_reduction_seconds(handle) - seconds_before,
+        )
+
+
+def _reduction_seconds(handle) -> float:
+    seconds = handle.stats.seconds
+    return seconds.score + seconds.cluster + seconds.merge
+
+
+def _reduction_before(handle) -> tuple[int, float]:
+    """Visual tokens removed and seconds spent so far: a batch's share is the difference."""
+    return handle.stats.visual_in - handle.stats.visual_out, _reduction_seconds(handle)

@@ -67,10 +67,18 @@ def load_image(path: str | None):
         raise ValueError(f"--image {path!r} cannot be read as an image: {error}") from error
 
 
-def load(path: str, device: str | None = None, dtype: str = "auto", attn: str = "sdpa"):
+def load(
+    path: str,
+    device: str | None = None,
+    dtype: str = "auto",
+    attn: str = "sdpa",
+    placement: dict | None = None,
+):
     """``(processor, model)`` from a local path or hub id, on ``device`` (default: cuda when
     available) in ``dtype`` (a :data:`DTYPES` name; ``auto``: bfloat16 on cuda, float32 on
-    cpu), loaded with the attention implementation ``attn``."""
+    cpu), loaded with the attention implementation ``attn``. A ``placement``
+    (``device_map``, e.g. ``auto``, and ``max_memory``) is handed to transformers, which
+    places (and may spread) the layers instead."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     if path.startswith((".", "~", os.sep)) and not os.path.isdir(path):
@@ -85,12 +93,14 @@ def load(path: str, device: str | None = None, dtype: str = "auto", attn: str = 
     try:
         processor = AutoProcessor.from_pretrained(path)
         model = AutoModelForImageTextToText.from_pretrained(
-            path, dtype=torch_dtype, attn_implementation=attn
+            path, dtype=torch_dtype, attn_implementation=attn, **(placement or {})
         )
     except (OSError, ValueError, KeyError, ImportError) as error:
         # transformers says "not a valid model identifier", "unrecognized configuration"
         # or names the missing attention package; prefix the argument it concerns.
         raise ValueError(f"--model {path!r} cannot be loaded: {error}") from error
+    if placement:  # transformers placed the layers
+        return processor, model.eval()
     return processor, model.to(where).eval()
 
 

@@ -165,9 +165,9 @@ def _photo(name: str) -> np.ndarray:
     """A bundled photograph as ``[H, W, 3]`` uint8 (grey and alpha images converted)."""
     try:
         import skimage.data
-    except ImportError as error:  # pragma: no cover - the extra is in pact[quality]
+    except ImportError as error:  # pragma: no cover - the extra is in pact-vlm[quality]
         raise ImportError(
-            'scenes with photographs need scikit-image: pip install "pact[quality]"'
+            'scenes with photographs need scikit-image: pip install "pact-vlm[quality]"'
         ) from error
     photo = np.asarray(getattr(skimage.data, name)())
     if photo.ndim == 2:
