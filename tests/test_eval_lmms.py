@@ -52,7 +52,7 @@ def test_config_none_answers_equal_plain_generate():
 @pytest.mark.parametrize("family", ["qwen2_vl", "llava"])
 def test_pact_ratio_matches_fresh_handles_and_batches_agree(family):
     processor, model = load_tiny(family, seed=SEED)
-    expected, visual_in, visual_out, placeholders = [], 0, 0, 0
+    expected, visual_in, visual_out, placeholders, flops = [], 0, 0, 0, [0, 0]
     for doc in DOCS:  # one fresh handle per document, no batching
         inputs = direct_inputs(processor, doc)
         placeholders += int((inputs["input_ids"] == model.config.image_token_id).sum())
@@ -60,6 +60,9 @@ def test_pact_ratio_matches_fresh_handles_and_batches_agree(family):
             expected.append(direct_answer(model, processor, doc)[0])
             visual_in += handle.stats.visual_in
             visual_out += handle.stats.visual_out
+            flops[0] += handle.stats.prefill_flops
+            flops[1] += handle.stats.prefill_flops_unreduced
+    assert 0 < flops[0] < flops[1]  # the stats' own FLOPs, request by request
     assert placeholders == visual_in and 0 < visual_out < visual_in
     for batch_size in (1, 2):
         lm = wrapper("pact", batch_size, family)
@@ -71,6 +74,10 @@ def test_pact_ratio_matches_fresh_handles_and_batches_agree(family):
         )
         assert overall["reduction_ratio"] == round(1 - visual_out / visual_in, 4)
         assert overall["prefill_s_per_request"] > 0 and overall["generation_s_per_request"] > 0
+        assert (overall["prefill_tflops"], overall["prefill_tflops_unreduced"]) == (
+            flops[0] / 1e12,
+            flops[1] / 1e12,
+        )
         assert lm.summary()["tasks"][TASK] == overall
 
 

@@ -361,8 +361,8 @@ def metric_rows(report: dict) -> list[tuple[str, str, str]]:
 
 def print_results(report: dict) -> None:
     """Task metrics with the pact figures of their task, then the run overall."""
-    columns = ("task", "metric", "value", "visual kept/seen", "reduction", "prefill s",
-               "generation s")  # fmt: skip
+    columns = ("task", "metric", "value", "visual kept/seen", "reduction", "prefill FLOPs",
+               "prefill s", "generation s")  # fmt: skip
     pact = report["pact"]
     rows = [
         (task, metric, value, *_pact_cells(pact["tasks"].get(task)))
@@ -371,16 +371,19 @@ def print_results(report: dict) -> None:
     rows.append(("all", "-", "-", *_pact_cells(pact["overall"])))
     config = " ".join([report["config"], *report["overrides"]])
     before = [f"model: {report['model']}  config: {config}"]
-    after = ["reduction = 1 - kept/seen; seconds are means per request (its batch's time)"]
+    after = ["reduction = 1 - kept/seen; prefill FLOPs: the decoder's, reduced / unreduced "
+             "(analytic, pact.flops); seconds are means per request (its batch's time)"]
     print_table(columns, rows, before, after)
 
 
-def _pact_cells(figures: dict | None) -> tuple[str, str, str, str]:
+def _pact_cells(figures: dict | None) -> tuple[str, ...]:
     if not figures:  # a group's row: its figures are its tasks'
-        return ("-", "-", "-", "-")
+        return ("-",) * 5
+    flops = figures.get("prefill_flops_ratio")
     return (
         f"{figures['visual_tokens_kept']}/{figures['visual_tokens_seen']}",
         f"{figures['reduction_ratio']:.4f}",
+        "-" if flops is None else f"{flops:.3f}",
         f"{figures['prefill_s_per_request']:.4f}",
         f"{figures['generation_s_per_request']:.4f}",
     )

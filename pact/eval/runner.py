@@ -31,11 +31,15 @@ class TaskTotals:
     generate_s: float = 0.0
     reduce_s: float = 0.0
     """pact's own seconds (score, cluster, merge) inside the prefills."""
+    prefill_flops: int = 0
+    """Analytic decoder FLOPs of the reduced prefills (:mod:`pact.flops`, the handle's stats)."""
+    prefill_flops_unreduced: int = 0
+    """The same prefills' FLOPs without reduction (0: the config reduced nothing)."""
 
     def add(self, other: TaskTotals) -> None:
-        for name in ("requests", "visual_seen", "visual_kept", "prefill_s", "generate_s"):
+        for name in ("requests", "visual_seen", "visual_kept", "prefill_s", "generate_s",
+                     "reduce_s", "prefill_flops", "prefill_flops_unreduced"):  # fmt: skip
             setattr(self, name, getattr(self, name) + getattr(other, name))
-        self.reduce_s += other.reduce_s
 
     def summary(self) -> dict[str, Any]:
         """Plain numbers: counts, reduction ratio (1 - kept/seen), mean seconds per request."""
@@ -49,6 +53,13 @@ class TaskTotals:
             "prefill_s_per_request": self.prefill_s / per_request,
             "generation_s_per_request": self.generate_s / per_request,
             "reduction_s_per_request": self.reduce_s / per_request,
+            "prefill_tflops": self.prefill_flops / 1e12,
+            "prefill_tflops_unreduced": self.prefill_flops_unreduced / 1e12,
+            "prefill_flops_ratio": (
+                round(self.prefill_flops / self.prefill_flops_unreduced, 4)
+                if self.prefill_flops_unreduced
+                else None
+            ),
         }
 
 
@@ -286,9 +297,9 @@ class EvalModel:
             results.append((loss, bool((scores.argmax(-1) == targets).all())))
         return results, totals
 
-    def _totals(self, handle, inputs: dict, before: tuple[int, float], requests: int):
+    def _totals(self, handle, inputs: dict, before: tuple, requests: int):
         """What one batch added to the handle's stats, as a :class:`TaskTotals`."""
-        removed_before, seconds_before = before
+        removed_before, seconds_before, flops_before, unreduced_before = before
         seen = self.visual_count(inputs["input_ids"])
         removed = handle.stats.visual_in - handle.stats.visual_out - removed_before
         return TaskTotals(
@@ -296,6 +307,8 @@ class EvalModel:
             visual_seen=seen,
             visual_kept=seen - removed,
             reduce_s=_reduction_seconds(handle) - seconds_before,
+            prefill_flops=handle.stats.prefill_flops - flops_before,
+            prefill_flops_unreduced=handle.stats.prefill_flops_unreduced - unreduced_before,
         )
 
 
@@ -304,6 +317,9 @@ def _reduction_seconds(handle) -> float:
     return seconds.score + seconds.cluster + seconds.merge
 
 
-def _reduction_before(handle) -> tuple[int, float]:
-    """Visual tokens removed and seconds spent so far: a batch's share is the difference."""
-    return handle.stats.visual_in - handle.stats.visual_out, _reduction_seconds(handle)
+def _reduction_before(handle) -> tuple[int, float, int, int]:
+    """Visual tokens removed, seconds spent and FLOPs counted so far: a batch's share is
+    the difference."""
+    stats = handle.stats
+    removed = stats.visual_in - stats.visual_out
+    return removed, _reduction_seconds(handle), stats.prefill_flops, stats.prefill_flops_unreduced
