@@ -319,7 +319,7 @@ def _add_quality(commands) -> None:
         "synthetic VQA task, with the shipped trained model: accuracy relative to the "
         "unreduced model, measured reduction ratio, and a plot of one against the other. "
         f"The default run ({len(METHODS)} methods x {len(DEFAULT_RATIOS)} ratios x 1000 "
-        "questions) takes about 8 minutes on 2 CPU threads.",
+        "questions) took 13 minutes on 2 CPU threads.",
     )
     parser.add_argument("--methods", default=",".join(METHODS), metavar="A,B",
                         help="comma list of methods (default: all, %(default)s)")  # fmt: skip

@@ -147,10 +147,13 @@ def comparisons(report: dict) -> list[str]:
 def plot(report: dict, path: str | Path) -> None:
     """Relative accuracy vs measured reduction ratio, one curve per method, with each
     point's 95% interval as an error bar."""
+    import matplotlib
+
     from pact.bench.plotting import figure, save
 
     fig, axis = figure()
-    for method in dict.fromkeys(row["method"] for row in report["rows"]):
+    palette = matplotlib.colormaps["tab20"]  # 15 methods: tab10's colours would repeat
+    for index, method in enumerate(dict.fromkeys(row["method"] for row in report["rows"])):
         rows = sorted((r for r in report["rows"] if r["method"] == method), key=x_value)
         xs = [0.0, *(x_value(r) for r in rows)]
         ys = [1.0, *(r["relative_accuracy"] or 0.0 for r in rows)]
@@ -158,9 +161,10 @@ def plot(report: dict, path: str | Path) -> None:
         low = [0.0, *(y - b[0] for y, b in zip(ys[1:], bounds, strict=True))]
         high = [0.0, *(b[1] - y for y, b in zip(ys[1:], bounds, strict=True))]
         label = method + (" (layer-averaged)" if METHODS[method].layer_averaged else "")
-        style = dict(linewidth=2.5, color="black") if method == "pact" else dict(linewidth=1.2)
-        axis.errorbar(xs, ys, yerr=[low, high], marker="o", markersize=3, capsize=2,
-                      label=label, **style)  # fmt: skip
+        style = (dict(linewidth=2.5, color="black", marker="o") if method == "pact" else
+                 dict(linewidth=1.2, color=palette(index % 20), marker="osD^v<>pP*Xh"[index % 11]))
+        axis.errorbar(xs, ys, yerr=[low, high], markersize=4, capsize=2, label=label,
+                      **style)  # fmt: skip
     axis.set_xlabel("reduction ratio (visual tokens removed)")
     axis.set_ylabel(RELATIVE)
     axis.set_title(f"pact bench quality ({report['examples']} test questions, 95% intervals)")
