@@ -75,7 +75,8 @@ def main() -> None:
     objects = torch.stack(
         [torch.from_numpy(token_targets(item.scene)["shape"] > 0) for item in items]
     )
-    figures = [layer_figures(model, inputs, objects, int(layer)) for layer in args.layers.split(",")]
+    layers = [int(layer) for layer in args.layers.split(",")]
+    figures = [layer_figures(model, inputs, objects, layer) for layer in layers]
     for row in figures:
         print(json.dumps(row))
     if args.json:
