@@ -32,7 +32,7 @@ from pact.presets import list_presets, preset_dict
 from pact.registry import CLUSTERERS, MERGERS, SCORERS, Registry
 from pact.scorers.base import ScorerConfig
 
-FeatureSource = Literal["keys_rope", "keys", "hidden"]
+FeatureSource = Literal["keys_rope", "keys", "keys_mean", "hidden"]
 
 
 def _dispatch(registry: Registry):
@@ -67,6 +67,21 @@ def _default(registry: Registry, name: str):
     return lambda: registry.get(name).Config(name=name)
 
 
+class RecyclingConfig(BaseModel):
+    """Pruned tokens given a second life: the best-scored of them, grouped by a clusterer,
+    each group folded into one token by the stage's merger (SparseVLM's recycling, VisionZip's
+    contextual tokens)."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, frozen=True)
+
+    fraction: float = Field(0.3, gt=0.0, le=1.0)
+    """Share of the pruned tokens recycled, best scores first: ``floor(fraction x pruned) +
+    1`` of them, at most all (SparseVLM: 0.3; VisionZip: 1, every pruned token)."""
+    clusterer: ClustererField
+    """Clusterer grouping the recycled tokens (on the stage's ``cluster_on`` vectors); each
+    cluster becomes one token at its center's slot."""
+
+
 class StageConfig(BaseModel):
     """One reduction: at ``layer``, prune with a scorer, cluster what is kept, merge."""
 
@@ -89,7 +104,11 @@ class StageConfig(BaseModel):
     merger: MergerField = Field(default_factory=_default(MERGERS, "mean"))
     """Merger folding each cluster into one token."""
     cluster_on: FeatureSource = "keys_rope"
-    """Vectors distances are measured on: layer keys after RoPE (PACT), before, or hidden."""
+    """Vectors distances are measured on: layer keys after RoPE (PACT), before, their mean over
+    heads (VisionZip's metric), or hidden states."""
+    recycling: RecyclingConfig | None = None
+    """Fold the best-scored pruned tokens into a few new ones (see :class:`RecyclingConfig`);
+    None: pruned tokens are dropped."""
     retrieval: bool = False
     """Take pruned visual tokens back into their nearest cluster if within alpha x bound."""
     alpha: float | None = Field(None, gt=0.0)
@@ -105,6 +124,11 @@ class StageConfig(BaseModel):
     def _cross_field_rules(self) -> StageConfig:
         self._resolve_keep_ratio()
         self._resolve_retrieval()
+        if self.recycling is not None:
+            if self.scorer is None:
+                raise ValueError("recycling folds pruned tokens and needs a scorer; set scorer")
+            if self.retrieval:
+                raise ValueError("retrieval and recycling both claim the pruned tokens; choose one")
         return self
 
     def _resolve_keep_ratio(self) -> None:

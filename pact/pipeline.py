@@ -17,6 +17,7 @@ from pact.mergers.base import RowMergeInput
 from pact.registry import CLUSTERERS, MERGERS, SCORERS
 from pact.tensors import (
     Budget,
+    Clustering,
     LayerInputs,
     Reduction,
     ReductionStats,
@@ -65,6 +66,32 @@ class _RowPlan:
     visual: Tensor
     kept: Tensor
     pruned: Tensor
+    recycled: Tensor
+    """Indices into ``visual`` of the pruned tokens recycled (a subset of ``pruned``)."""
+
+
+def recycled_count(pruned: int, fraction: float) -> int:
+    """``floor(fraction x pruned) + 1`` tokens, at most all (SparseVLM's count)."""
+    return min(pruned, int(fraction * pruned) + 1) if pruned else 0
+
+
+def join_clusterings(
+    kept: Tensor, kept_clustering: Clustering, recycled: Tensor, recycled_clustering: Clustering
+) -> tuple[Tensor, Clustering]:
+    """The kept and the recycled tokens (indices into a row's visual tokens) as one ascending
+    set, with one clustering over it: the recycled clusters numbered after the kept ones."""
+    union, order = torch.sort(torch.cat([kept, recycled]))
+    shift = kept_clustering.centers.numel()
+    recycled_labels = torch.where(
+        recycled_clustering.labels >= 0, recycled_clustering.labels + shift, -1
+    )
+    labels = torch.cat([kept_clustering.labels, recycled_labels])[order]
+    position = torch.empty_like(order)
+    position[order] = torch.arange(order.numel(), device=order.device)
+    centers = torch.cat(
+        [position[kept_clustering.centers], position[kept.numel() + recycled_clustering.centers]]
+    )
+    return union, Clustering(labels, centers)
 
 
 class Pipeline:
@@ -75,6 +102,12 @@ class Pipeline:
         self.scorer = None if stage.scorer is None else SCORERS.get(stage.scorer.name)(stage.scorer)
         self.clusterer = CLUSTERERS.get(stage.clusterer.name)(stage.clusterer)
         self.merger = MERGERS.get(stage.merger.name)(stage.merger)
+        recycling = stage.recycling
+        self.recycler = (
+            None
+            if recycling is None
+            else CLUSTERERS.get(recycling.clusterer.name)(recycling.clusterer)
+        )
 
     @property
     def needs_attention_scores(self) -> bool:
@@ -126,7 +159,7 @@ class Pipeline:
             visual = torch.nonzero(visual_mask[row]).flatten()
             everything = torch.arange(visual.numel(), device=visual.device)
             if scores is None:
-                plans.append(_RowPlan(visual, everything, everything[:0]))
+                plans.append(_RowPlan(visual, everything, everything[:0], everything[:0]))
                 continue
             kept = []
             for slots, count in zip(budget.members(row), budget.counts[row], strict=True):
@@ -136,12 +169,18 @@ class Pipeline:
             if kept:
                 keep[torch.cat(kept)] = True
             keep = keep[visual]
-            plans.append(_RowPlan(visual, everything[keep], everything[~keep]))
+            pruned = everything[~keep]
+            plans.append(_RowPlan(visual, everything[keep], pruned, pruned[:0]))
+            if self.stage.recycling is not None:
+                count = recycled_count(pruned.numel(), self.stage.recycling.fraction)
+                best, _ = select_kept(scores[row, visual[pruned]].float(), count)
+                plans[-1].recycled = pruned[best]
         return plans
 
     def _features(self, inputs: LayerInputs) -> Tensor | None:
         """``[B, N, F]`` float32 vectors that distances are measured on, if anything needs them."""
         needs = self.clusterer.needs_features or self.stage.retrieval
+        needs = needs or (self.recycler is not None and self.recycler.needs_features)
         if not needs or not bool(inputs.real_visual_mask.any()):
             return None
         if self.stage.cluster_on == "hidden":
@@ -151,6 +190,8 @@ class Pipeline:
                 f"cluster_on={self.stage.cluster_on!r} needs the layer's keys (inputs.qk)"
             )
         keys = inputs.qk.keys(rotary=self.stage.cluster_on == "keys_rope")
+        if self.stage.cluster_on == "keys_mean":
+            return keys.float().mean(dim=1)
         batch, heads, tokens, head_dim = keys.shape
         return keys.float().permute(0, 2, 1, 3).reshape(batch, tokens, heads * head_dim)
 
@@ -168,6 +209,13 @@ class Pipeline:
         with _timed(times, "cluster", device):
             clustering = self.clusterer.cluster(kept_features, inputs.sizes[b, kept_slots].float())
             clustering.check()
+            kept, pruned = plan.kept, plan.pruned
+            if self.recycler is not None and plan.recycled.numel():
+                kept, clustering, kept_features = self._recycle(
+                    inputs, b, plan, clustering, features
+                )
+                left = ~torch.isin(pruned, plan.recycled)
+                pruned, pruned_features = pruned[left], pruned_features[left]
         positions = inputs.positions[b]
         row = RowMergeInput(
             hidden=inputs.hidden[b],
@@ -175,8 +223,8 @@ class Pipeline:
             positions=positions if positions.dim() == 2 else positions[:, None],
             padding_mask=inputs.padding_mask[b],
             visual=plan.visual,
-            kept=plan.kept,
-            pruned=plan.pruned,
+            kept=kept,
+            pruned=pruned,
             clustering=clustering,
             kept_features=kept_features,
             pruned_features=pruned_features,
@@ -185,6 +233,34 @@ class Pipeline:
         )
         with _timed(times, "merge", device):
             return self.merger.merge(row)
+
+    def _recycle(
+        self,
+        inputs: LayerInputs,
+        b: int,
+        plan: _RowPlan,
+        clustering: Clustering,
+        features: Tensor | None,
+    ) -> tuple[Tensor, Clustering, Tensor]:
+        """Cluster the row's recycled tokens and join them to the kept ones: (kept and recycled
+        indices into ``plan.visual``, their clustering, their features)."""
+        assert self.recycler is not None and inputs.sizes is not None
+        recycled_slots = plan.visual[plan.recycled]
+        if features is None:
+            recycled_features = torch.zeros(recycled_slots.numel(), 0, device=recycled_slots.device)
+        else:
+            recycled_features = features[b, recycled_slots]
+        recycled_clustering = self.recycler.cluster(
+            recycled_features, inputs.sizes[b, recycled_slots].float()
+        )
+        recycled_clustering.check()
+        union, joined = join_clusterings(plan.kept, clustering, plan.recycled, recycled_clustering)
+        union_features = (
+            features[b, plan.visual[union]]
+            if features is not None
+            else torch.zeros(union.numel(), 0, device=union.device)
+        )
+        return union, joined, union_features
 
 
 def _pad_rows(inputs: LayerInputs, rows: list[RowReduction], stats: ReductionStats) -> Reduction:

@@ -218,7 +218,7 @@ def test_every_bad_setting_is_reported_at_once():
         (
             stage(cutof=1),
             "alpha, cluster_on, clusterer, keep_ratio, keep_tokens, layer, merger, position_mode, "
-            "proportional_attention, retrieval, scorer",
+            "proportional_attention, recycling, retrieval, scorer",
         ),
         (stage(clusterer={"name": "dbdpc", "cutof": 0.2}), "cutoff, dc, name"),
         (stage(clusterer={"name": "tome", "r": 1, "rr": 2}), "merge_ratio, name, r"),
