@@ -35,6 +35,7 @@ from pact.tensors import (
     Reduction,
     ReductionStats,
     RowReduction,
+    TowerAttention,
 )
 
 DISTRIBUTION = "pact-vlm"  # the name on PyPI ("pact" there is another project)
@@ -87,6 +88,7 @@ __all__ = [
     "Scorer",
     "ScorerConfig",
     "StageConfig",
+    "TowerAttention",
     "UnknownComponentError",
     "UnknownPresetError",
     "attach",

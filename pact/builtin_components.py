@@ -1,11 +1,13 @@
 """Importing this module registers every built-in component (``import pact`` does it)."""
 
 from pact.clusterers import dbdpc, dpc, kmeans, none, sklearn, tome
+from pact.clusterers import visionzip as visionzip_clusters
 from pact.mergers import center, mean
-from pact.scorers import attention, dart, divprune, euti, norm, random, withdraw
+from pact.mergers import visionzip as visionzip_merge
+from pact.scorers import attention, dart, divprune, euti, norm, random, visionzip, withdraw
 
 BUILTIN_MODULES = (
-    attention, dart, divprune, euti, norm, random, withdraw,
-    dbdpc, dpc, kmeans, none, sklearn, tome,
-    center, mean,
+    attention, dart, divprune, euti, norm, random, visionzip, withdraw,
+    dbdpc, dpc, kmeans, none, sklearn, tome, visionzip_clusters,
+    center, mean, visionzip_merge,
 )  # fmt: skip

@@ -87,8 +87,17 @@ class StageConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, frozen=True)
 
-    layer: int = Field(ge=0, strict=True)
-    """Decoder layer (0-based) at whose input the visual tokens are reduced."""
+    layer: int | None = Field(None, ge=0, strict=True)
+    """Decoder layer (0-based) at whose input the visual tokens are reduced; required in the
+    decoder, 0 (or unset) for a vision stage, which acts on the language model's input."""
+    place: Literal["decoder", "vision"] = "decoder"
+    """Where the stage decides: in the decoder, from the layer's own tensors; or on the vision
+    side (VisionZip), from the vision tower's attention, merging the tower's features before the
+    projector (removed tokens never enter the language model). A vision stage is the first."""
+    tower_layer: int | None = Field(None, strict=True)
+    """Vision stage only: the tower layer whose attention and keys it reads, negative counting
+    from the end; None: the layer whose output the model reads (LLaVA's
+    ``vision_feature_layer``; Qwen-VL's last full-attention block)."""
     scorer: ScorerField | None = None
     """Importance scorer for pruning; None: no pruning."""
     keep_ratio: float | None = Field(None, ge=0.0, le=1.0)
@@ -122,6 +131,7 @@ class StageConfig(BaseModel):
 
     @model_validator(mode="after")
     def _cross_field_rules(self) -> StageConfig:
+        self._resolve_place()
         self._resolve_keep_ratio()
         self._resolve_retrieval()
         if self.recycling is not None:
@@ -130,6 +140,29 @@ class StageConfig(BaseModel):
             if self.retrieval:
                 raise ValueError("retrieval and recycling both claim the pruned tokens; choose one")
         return self
+
+    def _resolve_place(self) -> None:
+        if self.place == "decoder":
+            if self.layer is None:
+                raise ValueError("layer is required for a stage in the decoder (place: decoder)")
+            if self.tower_layer is not None:
+                raise ValueError("tower_layer applies to place: vision only; remove it")
+            if self.scorer is not None and type(self.scorer).reads_tower:
+                raise ValueError(
+                    f"scorer {self.scorer.name!r} reads the vision tower's attention: set "
+                    "place: vision"
+                )
+            return
+        if self.layer not in (None, 0):
+            raise ValueError(
+                "a vision stage acts on the language model's input: layer must be 0 or unset"
+            )
+        object.__setattr__(self, "layer", 0)
+        if self.position_mode != "keep":
+            raise ValueError("a vision stage keeps original positions: position_mode must be keep")
+        if self.cluster_on == "keys_rope":
+            # The tower's keys come rotated or not as its attention uses them.
+            object.__setattr__(self, "cluster_on", "keys")
 
     def _resolve_keep_ratio(self) -> None:
         if self.scorer is None:
@@ -192,6 +225,8 @@ class PactConfig(BaseModel):
     @model_validator(mode="after")
     def _increasing_layers(self) -> PactConfig:
         layers = [stage.layer for stage in self.stages]
+        if any(stage.place == "vision" for stage in self.stages[1:]):
+            raise ValueError("a stage with place: vision must be the first stage")
         if any(b <= a for a, b in itertools.pairwise(layers)):
             raise ValueError(f"stages must be at strictly increasing layers; got {layers}")
         return self

@@ -137,7 +137,7 @@ class Pipeline:
         stats.tokens_out = [
             int(inputs.padding_mask[b, row.slots].sum()) for b, row in enumerate(rows)
         ]
-        return _pad_rows(inputs, rows, stats)
+        return stack_rows(inputs, rows, stats)
 
     def budget(self, inputs: LayerInputs) -> Budget:
         """Visual tokens kept per image (``keep_tokens``) or per row (``keep_ratio``)."""
@@ -263,8 +263,9 @@ class Pipeline:
         return union, joined, union_features
 
 
-def _pad_rows(inputs: LayerInputs, rows: list[RowReduction], stats: ReductionStats) -> Reduction:
-    """Stack rows of different lengths, padding each at the end with masked slots."""
+def stack_rows(inputs: LayerInputs, rows: list[RowReduction], stats: ReductionStats) -> Reduction:
+    """Stack rows of different lengths, padding each at the end with masked slots (also how a
+    reduction decided elsewhere, a vision stage's, is applied to a layer's inputs)."""
     assert inputs.positions is not None
     batch, _, dim = inputs.hidden.shape
     longest = max(row.slots.numel() for row in rows)

@@ -74,6 +74,22 @@ class QKSource:
 
 
 @dataclass
+class TowerAttention:
+    """A vision tower's own attention, per token a vision stage sees (VisionZip's signal).
+
+    Rows are images; a token is what the language model receives (a patch, or Qwen-VL's
+    2x2 patches merged into one token, whose values are summed over its patches).
+    """
+
+    received: Tensor
+    """``[B, N]`` float32 attention each token receives, averaged over heads and over every
+    query of its image (or attention window)."""
+    cls: Tensor | None = None
+    """``[B, N]`` float32 attention the [CLS] token pays each token, summed over heads; None
+    for towers without a [CLS] token (SigLIP, Qwen-VL)."""
+
+
+@dataclass
 class LayerInputs:
     """One decoder layer's input for a batch, as the pipeline sees it.
 
@@ -92,6 +108,8 @@ class LayerInputs:
     """``[B, N]`` how many original tokens each token stands for; default ones."""
     padding_mask: Tensor | None = None
     """``[B, N]`` bool, True at real tokens, False at padding; default all True."""
+    tower: TowerAttention | None = None
+    """The vision tower's attention, for a stage placed on the vision side; None elsewhere."""
 
     def __post_init__(self) -> None:
         if self.hidden.dim() != 3:

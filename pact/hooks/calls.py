@@ -28,6 +28,7 @@ from pact.hooks.state import (
     rope_to_pipeline,
 )
 from pact.hooks.views import reduced_view, shifted_view, view_to
+from pact.hooks.vision import PlannedStage
 from pact.tensors import LayerInputs
 
 
@@ -197,7 +198,10 @@ class CallHooks:
             if view.rope_positions is not None:
                 positions = rope_to_pipeline(view.rope_positions.to(device), hidden.shape[0])
             inputs = LayerInputs(hidden, view.visual, qk, positions, view.sizes, view.valid)
-            reduction = pipeline(inputs)
+            if isinstance(pipeline, PlannedStage):
+                reduction = pipeline.apply(inputs, call.vision_plan)
+            else:
+                reduction = pipeline(inputs)
             call.stats.append(reduction.stats)
             previous_assignment = call.assignments[-1] if call.assignments else None
             call.assignments.append(

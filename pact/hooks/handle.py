@@ -26,6 +26,7 @@ from pact.hooks.calls import CallHooks
 from pact.hooks.checks import check_call, checked_token_ids
 from pact.hooks.state import Call
 from pact.hooks.stats import HandleStats, decoder_shape
+from pact.hooks.vision import PlannedStage, VisionHooks
 from pact.pipeline import Pipeline
 
 _HANDLE_ATTRIBUTE = "_pact_handle"
@@ -53,14 +54,18 @@ def handle_of(model: nn.Module) -> PactHandle | None:
     return handle if handle is not None and handle.attached else None
 
 
-class PactHandle(CallHooks):
+class PactHandle(CallHooks, VisionHooks):
     """A model with pact attached. Use :func:`attach` to make one."""
 
     def __init__(self, model: nn.Module, config: PactConfig, visual_token_ids=None):
         self.model = model
         self.config = config
         self.decoder = families.find_decoder(model)
-        self.pipelines = {stage.layer: Pipeline(stage) for stage in config.stages}
+        self.pipelines = {
+            stage.layer: PlannedStage(stage) if stage.place == "vision" else Pipeline(stage)
+            for stage in config.stages
+        }
+        self.vision_stage = next((s for s in config.stages if s.place == "vision"), None)
         self.token_ids = (
             checked_token_ids(visual_token_ids, model)
             if visual_token_ids is not None
@@ -99,6 +104,8 @@ class PactHandle(CallHooks):
         for index in range(first, n_layers):
             families.check_layer(self.decoder.layers[index], index)
         families.check_injection(self.model, first)
+        if self.vision_stage is not None:
+            self._validate_vision(self.vision_stage)
         self._validate_needs()
         self._check_implementation(self.original_attention)
         self._attention_name = pact_name(self.original_attention)
@@ -164,6 +171,8 @@ class PactHandle(CallHooks):
             layer = self.decoder.layers[index]
             hook = partial(self._before_layer, index)
             hooks.append(layer.register_forward_pre_hook(hook, with_kwargs=True))
+        if self.vision_stage is not None:
+            hooks += self._install_vision()
         self._hooks = hooks
 
     @property
@@ -244,6 +253,8 @@ class PactHandle(CallHooks):
         mask, self._pending_mask = self._pending_mask, None
         self._call = None
         check_call(input_ids, kwargs.get("inputs_embeds"), mask, bool(self.token_ids))
+        if self.vision_stage is not None:
+            self.check_vision_call(kwargs)
         caches.check_supported(caches.cache_of(kwargs))
         self._follow_attention_choice()
         self._call = Call(

@@ -8,6 +8,7 @@ state vanishes with the cache. A *call* lives for one top-level forward.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -76,6 +77,12 @@ class Call:
     stats: list[ReductionStats] = field(default_factory=list)
     assignments: list[Tensor] = field(default_factory=list)
     """Per reducing stage, ``[B, length]``: see :func:`compose_assignment`."""
+    tower: Any = None
+    """A vision stage's capture of its tower layer (:class:`pact.hooks.towers.Captured`)."""
+    grid_thw: Tensor | None = None
+    """Qwen-VL: the image grid the tower ran on."""
+    vision_plan: Any = None
+    """What the vision stage decided (:class:`pact.hooks.vision.VisionPlan`), for layer 0."""
 
 
 def gather_tokens(tensor: Tensor | None, slots: Tensor, token_dim: int) -> Tensor | None:

@@ -19,6 +19,8 @@ class ScorerConfig(ComponentConfig):
     """Keep ratio a stage uses with this scorer when it sets none."""
     fixed_keep_ratio: ClassVar[float | None] = None
     """If set, the only keep ratio this scorer makes sense with (VTW withdraws all: 0)."""
+    reads_tower: ClassVar[bool] = False
+    """True if the scorer reads the vision tower's attention (VisionZip): vision stages only."""
 
 
 class Scorer(Component):

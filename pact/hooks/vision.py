@@ -1,0 +1,218 @@
+"""A stage placed on the vision side (``place: vision``): VisionZip's place.
+
+Three hooks on the stock model, removed by ``detach``: a pre-hook on one tower layer's
+attention captures its queries and keys; a pre-hook on the projector (LLaVA's
+``multi_modal_projector``, Qwen-VL's ``merger``) runs the stage's pipeline on the tower's
+features, one row per image, and writes the merged features back in place, so the projector
+maps merged features as the published method does; the language model's layer 0 then drops
+the removed tokens (:class:`PlannedStage`), keeping original positions, and counts a merged
+token by its members (proportional attention). The count of image features never changes
+before the language model, so the model's own placement of features into the sequence
+(``masked_scatter`` over the image tokens) runs untouched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from pact.config import StageConfig
+from pact.hooks import towers
+from pact.pipeline import Pipeline, stack_rows
+from pact.tensors import LayerInputs, Reduction, ReductionStats, RowReduction, StepTimes
+
+
+@dataclass
+class VisionPlan:
+    """What the vision stage decided, per image feature in the order the language model
+    receives them (the order of its image tokens, row after row)."""
+
+    keep: Tensor
+    """``[F]`` bool: the feature survives (alone, or as a merged token)."""
+    sizes: Tensor
+    """``[F]`` float32: features a surviving one stands for."""
+    center: Tensor
+    """``[F]`` long: index of the surviving feature each one folded into (itself when it
+    survives), -1 when removed."""
+    image: Tensor
+    """``[F]`` long: the image each feature belongs to."""
+    after_prune: list[int]
+    """Per image: features the scorer kept (VisionZip's dominant tokens)."""
+    seconds: StepTimes
+
+
+def plan_from(reduction: Reduction, padding: Tensor) -> VisionPlan:
+    """Flatten a reduction over image rows (real tokens lead each row, in the order the
+    language model receives them) into a plan."""
+    n_images = padding.shape[0]
+    keep = torch.zeros_like(padding)
+    sizes = torch.ones(padding.shape, dtype=torch.float32, device=padding.device)
+    for image in range(n_images):
+        kept = reduction.kept_mask[image]
+        keep[image, reduction.kept_slots[image][kept]] = True
+        sizes[image, reduction.kept_slots[image][kept]] = reduction.sizes[image][kept]
+    counts = padding.sum(dim=1)
+    offsets = (torch.cumsum(counts, dim=0) - counts)[:, None]
+    assignment = reduction.assignment
+    center = torch.where(assignment >= 0, assignment + offsets, -1)[padding]
+    image = torch.arange(n_images, device=padding.device)[:, None].expand_as(padding)[padding]
+    return VisionPlan(
+        keep[padding],
+        sizes[padding],
+        center,
+        image,
+        reduction.stats.after_prune,
+        reduction.stats.seconds,
+    )
+
+
+class PlannedStage:
+    """Layer 0's side of a vision stage: applies the plan made on the vision side."""
+
+    needs_attention_scores = False
+
+    def __init__(self, stage: StageConfig):
+        self.stage = stage
+
+    def apply(self, inputs: LayerInputs, plan: VisionPlan | None) -> Reduction:
+        visual = inputs.real_visual_mask
+        total = int(visual.sum())
+        if plan is None:
+            raise ValueError(
+                "a vision stage reduces the images the model encodes in this forward; this one "
+                "has image tokens but encoded no image (pass pixel_values, not inputs_embeds)"
+            )
+        if total != plan.keep.numel():
+            raise ValueError(
+                f"the vision stage planned {plan.keep.numel()} image features but the sequence "
+                f"has {total} visual tokens (videos, or features not from this forward?)"
+            )
+        device = inputs.hidden.device
+        plan = VisionPlan(
+            *(v.to(device) if isinstance(v, Tensor) else v for v in vars(plan).values())
+        )
+        feature_slots = torch.nonzero(visual)[:, 1]  # row-major, as the features were placed
+        rows, stats = [], ReductionStats([], [], [], [], seconds=plan.seconds, layer=0)
+        offset = 0
+        for row in range(inputs.batch_size):
+            count = int(visual[row].sum())
+            part = slice(offset, offset + count)
+            rows.append(self._row(inputs, row, plan, part, feature_slots))
+            images = torch.unique(plan.image[part]).tolist()
+            stats.visual_in.append(count)
+            stats.after_prune.append(sum(plan.after_prune[image] for image in images))
+            stats.after_merge.append(int(plan.keep[part].sum()))
+            stats.retrieved.append(0)
+            offset += count
+        assert inputs.padding_mask is not None
+        stats.tokens_in = inputs.padding_mask.sum(dim=1).tolist()
+        stats.tokens_out = [
+            int(inputs.padding_mask[b, row.slots].sum()) for b, row in enumerate(rows)
+        ]
+        return stack_rows(inputs, rows, stats)
+
+    @staticmethod
+    def _row(
+        inputs: LayerInputs, row: int, plan: VisionPlan, part: slice, feature_slots: Tensor
+    ) -> RowReduction:
+        assert inputs.sizes is not None and inputs.positions is not None
+        visual_slots = feature_slots[part]
+        keep = plan.keep[part]
+        others = torch.nonzero(~inputs.real_visual_mask[row]).flatten()
+        slots, order = torch.sort(torch.cat([others, visual_slots[keep]]))
+        sizes = torch.cat([inputs.sizes[row, others].float(), plan.sizes[part][keep]])[order]
+        positions = inputs.positions[row]
+        positions = positions if positions.dim() == 2 else positions[:, None]
+        assignment = torch.full_like(inputs.real_visual_mask[row], -1, dtype=torch.long)
+        assignment[others] = others
+        center = plan.center[part]
+        folded = center >= 0
+        assignment[visual_slots[folded]] = feature_slots[center[folded]]
+        return RowReduction(
+            slots=slots,
+            hidden=inputs.hidden[row, slots],
+            sizes=sizes,
+            positions=positions[slots],
+            assignment=assignment,
+        )
+
+
+class VisionHooks:
+    """The vision-side hooks of an attached model (mixed into the handle, next to
+    :class:`pact.hooks.calls.CallHooks`, whose per-thread ``_call`` they write to)."""
+
+    def _validate_vision(self, stage: StageConfig) -> None:
+        """Find the tower (refusing an unsupported model) before any hook is installed."""
+        self.tower = towers.tower_for(self.model, stage.tower_layer)
+        self.vision_pipeline = Pipeline(stage)
+
+    def _install_vision(self) -> list:
+        tower = self.tower
+        hooks = [
+            tower.attention.register_forward_pre_hook(self._capture_tower, with_kwargs=True),
+            tower.projector.register_forward_pre_hook(self._reduce_features),
+        ]
+        if isinstance(tower, towers.QwenTower):
+            hooks.append(
+                tower.visual.register_forward_pre_hook(self._capture_grid, with_kwargs=True)
+            )
+        return hooks
+
+    @staticmethod
+    def check_vision_call(kwargs: dict) -> None:
+        """Refuse, before the tower runs, what a vision stage does not reduce."""
+        if kwargs.get("pixel_values_videos") is not None:
+            raise ValueError(
+                "a vision stage (place: vision) reduces images; this call passes "
+                "pixel_values_videos (use a decoder stage for videos)"
+            )
+
+    def _capture_grid(self, module, args, kwargs):
+        if self._call is not None:
+            self._call.grid_thw = kwargs.get("grid_thw", args[1] if len(args) > 1 else None)
+
+    def _capture_tower(self, module, args, kwargs):
+        call = self._call
+        if call is None:
+            return None
+        hidden = args[0] if args else kwargs["hidden_states"]
+        with torch.no_grad():
+            if isinstance(self.tower, towers.QwenTower):
+                call.tower = self.tower.capture(
+                    hidden, kwargs["cu_seqlens"], kwargs["position_embeddings"]
+                )
+            else:
+                call.tower = self.tower.capture(hidden)
+        return None
+
+    def _reduce_features(self, module, args):
+        call = self._call
+        if call is None:
+            return None
+        if call.tower is None:
+            raise RuntimeError(
+                f"pact: the tower's layer {self.tower.layer} did not run before the projector"
+            )
+        features = args[0]
+        with torch.no_grad():
+            if isinstance(self.tower, towers.QwenTower):
+                rows = self.tower.rows(features, call.tower, call.grid_thw)
+            else:
+                rows = self.tower.rows(features, call.tower)
+            inputs = LayerInputs(
+                rows.hidden,
+                rows.padding_mask.clone(),
+                rows.qk,
+                padding_mask=rows.padding_mask,
+                tower=rows.tower,
+            )
+            reduction = self.vision_pipeline(inputs)
+            if isinstance(self.tower, towers.QwenTower):
+                features = self.tower.write_back(features, reduction, call.grid_thw)
+            else:
+                features = self.tower.write_back(features, reduction)
+        call.vision_plan = plan_from(reduction, rows.padding_mask)
+        call.tower = None
+        return (features, *args[1:])

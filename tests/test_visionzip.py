@@ -1,0 +1,241 @@
+"""VisionZip, a stage on the vision side, against its definition written here.
+
+The reference recomputes the tower layer's attention and keys from the stock modules' weights,
+selects the dominant tokens and builds the contextual ones with numpy and Python loops, runs
+the stock projector on them, and predicts exactly what the language model's first layer must
+receive; the test reads that from a hook placed after pact's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+
+import numpy as np
+import pytest
+import torch
+import transformers as hf
+from helpers_hook import greedy, logits, make_batches, max_row_diff, tiny_model
+
+import pact
+from pact.hooks import families
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+DOMINANT, CONTEXTUAL = 5, 3
+SUPPORTED = ("llava", "llava_siglip", "qwen2_vl", "qwen2_5_vl")
+
+
+def config(proportional: bool = True, **stage) -> dict:
+    recycling = {"fraction": 1.0, "clusterer": {"name": "visionzip", "clusters": CONTEXTUAL}}
+    return {
+        "stages": [
+            {
+                "place": "vision",
+                "scorer": "visionzip",
+                "keep_tokens": DOMINANT,
+                "recycling": recycling,
+                "cluster_on": "keys_mean",
+                "merger": "visionzip",
+                "proportional_attention": proportional,
+                **stage,
+            }
+        ]
+    }
+
+
+def siglip_llava():
+    """The tiny LLaVA with a 2-layer SigLIP tower (no [CLS]), read at its first layer."""
+    tiny = tiny_model("llava")
+    clip = tiny.model.config.vision_config
+    vision = hf.SiglipVisionConfig(
+        hidden_size=clip.hidden_size,
+        intermediate_size=clip.intermediate_size,
+        num_hidden_layers=2,
+        num_attention_heads=clip.num_attention_heads,
+        image_size=clip.image_size,
+        patch_size=clip.patch_size,
+    )
+    settings = tiny.model.config.to_dict()
+    settings.update(vision_feature_layer=-2, vision_feature_select_strategy="full")
+    settings.pop("vision_config")
+    settings["text_config"] = tiny.model.config.text_config
+    llava_config = hf.LlavaConfig(vision_config=vision, **settings)
+    torch.manual_seed(1)
+    model = hf.LlavaForConditionalGeneration(llava_config).eval()
+    return dataclasses.replace(tiny, model=model)
+
+
+def build(family: str):
+    return siglip_llava() if family == "llava_siglip" else tiny_model(family)
+
+
+def visionzip_image(score, metric, features, dominant=DOMINANT, contextual=CONTEXTUAL):
+    """{token index: feature} that VisionZip keeps of one image (numpy, by definition)."""
+    score, metric, features = (np.asarray(a, dtype=np.float64) for a in (score, metric, features))
+    n = len(score)
+    ranked = sorted(range(n), key=lambda i: (-score[i], i))
+    kept = {i: features[i] for i in sorted(ranked[:dominant])}
+    rest = [i for i in range(n) if i not in kept]
+    if not rest:
+        return kept
+    unit = metric[rest] / np.linalg.norm(metric[rest], axis=1, keepdims=True)
+    step = max(1, len(rest) // contextual)
+    targets = list(range(0, len(rest), step))[:contextual]
+    others = [j for j in range(len(rest)) if j not in targets]
+    nearest = (unit[others] @ unit[targets].T).argmax(axis=1) if others else []
+    for t, target in enumerate(targets):
+        members = [rest[others[o]] for o in range(len(others)) if nearest[o] == t]
+        extra = features[members].mean(axis=0) if members else 0.0
+        kept[rest[target]] = features[rest[target]] + extra
+    return dict(sorted(kept.items()))
+
+
+def llava_reference(model, pixel_values):
+    """Per image, {token: feature before the projector} as VisionZip defines them."""
+    tower = model.model.vision_tower
+    vision = getattr(tower, "vision_model", tower)
+    settings = model.config
+    out = tower(pixel_values, output_hidden_states=True)
+    n_layers = len(vision.encoder.layers)
+    index = settings.vision_feature_layer % (n_layers + 1) - 1
+    layer = vision.encoder.layers[index]
+    normed = layer.layer_norm1(out.hidden_states[index])
+    batch, tokens, _ = normed.shape
+    heads = layer.self_attn.num_heads
+    q = layer.self_attn.q_proj(normed).view(batch, tokens, heads, -1)
+    k = layer.self_attn.k_proj(normed).view(batch, tokens, heads, -1)
+    probs = (torch.einsum("bqhd,bkhd->bhqk", q, k) * q.shape[-1] ** -0.5).softmax(-1)
+    drop = 1 if settings.vision_feature_select_strategy == "default" else 0
+    features = out.hidden_states[settings.vision_feature_layer][:, drop:]
+    if hasattr(vision.embeddings, "class_embedding"):
+        score = probs[:, :, 0, drop:].sum(dim=1)
+    else:
+        score = probs.mean(dim=(1, 2))[:, drop:]
+    metric = k.mean(dim=2)[:, drop:]
+    n = features.shape[1]
+    return [(visionzip_image(score[b], metric[b], features[b]), n) for b in range(batch)]
+
+
+def rotate_half(x):
+    half = x.shape[-1] // 2
+    return torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+
+
+def qwen_reference(model, pixel_values, grid_thw):
+    """Per image, {LLM token: its 2x2 patches' features, flattened} as VisionZip defines them
+    (Qwen-VL has no [CLS]: the attention each patch receives, summed over a token's patches)."""
+    visual = model.model.visual
+    block = visual.blocks[len(visual.blocks) - 1]
+    seen = {}
+    hooks = [
+        block.attn.register_forward_pre_hook(
+            lambda m, a, kw: seen.update(x=a[0], **kw), with_kwargs=True
+        ),
+        visual.merger.register_forward_pre_hook(lambda m, a: seen.update(features=a[0])),
+    ]
+    try:
+        visual(pixel_values, grid_thw=grid_thw)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    x, (cos, sin), segments = seen["x"], seen["position_embeddings"], seen["cu_seqlens"]
+    heads = block.attn.num_heads
+    qkv = block.attn.qkv(x).reshape(x.shape[0], 3, heads, -1)
+    cos, sin = cos[:, None].float(), sin[:, None].float()
+    q = qkv[:, 0] * cos + rotate_half(qkv[:, 0]) * sin
+    k = qkv[:, 1] * cos + rotate_half(qkv[:, 1]) * sin
+    received = torch.zeros(x.shape[0])
+    bounds = segments.tolist()
+    for start, end in zip(bounds[:-1], bounds[1:], strict=True):
+        logits_ = torch.einsum("qhd,khd->hqk", q[start:end], k[start:end]) * q.shape[-1] ** -0.5
+        received[start:end] = logits_.softmax(-1).mean(dim=(0, 1))
+    unit = visual.spatial_merge_size**2
+    n_units = x.shape[0] // unit
+    llm_order = torch.arange(n_units)
+    if hasattr(visual, "window_size"):
+        module = sys.modules[type(visual).__module__]
+        window_index, _ = module.get_vision_window_index(
+            grid_thw, spatial_merge_size=visual.spatial_merge_size,
+            window_size=visual.window_size, patch_size=visual.patch_size,
+        )  # fmt: skip
+        llm_order = torch.argsort(window_index)  # the model's own reordering after the merger
+    score = received.view(n_units, unit).sum(1)[llm_order]
+    metric = k.view(n_units, unit, heads, -1).mean(dim=2).reshape(n_units, -1)[llm_order]
+    features = seen["features"].reshape(n_units, -1)[llm_order]
+    images, start = [], 0
+    for count in (grid_thw.prod(dim=1) // unit).tolist():
+        span = slice(start, start + count)
+        images.append((visionzip_image(score[span], metric[span], features[span]), count))
+        start += count
+    return images
+
+
+def projected(model, family: str, images: list[dict]) -> list[torch.Tensor]:
+    """The stock projector (LLaVA's, or Qwen-VL's merger) applied to the kept features."""
+    rows = []
+    for image, _ in images:
+        stacked = torch.tensor(np.stack(list(image.values())), dtype=torch.float32)
+        if family.startswith("qwen"):
+            merger = model.model.visual.merger
+            rows.append(merger(stacked.reshape(-1, stacked.shape[1] // 4)))
+        else:
+            rows.append(model.model.multi_modal_projector(stacked))
+    return rows
+
+
+def expected_layer0(model, family: str, batch: dict) -> torch.Tensor:
+    """``[M, D]`` what the first decoder layer must receive for a one-row batch."""
+    with torch.no_grad():
+        if family.startswith("qwen"):
+            images = qwen_reference(model, batch["pixel_values"], batch["image_grid_thw"])
+        else:
+            images = llava_reference(model, batch["pixel_values"])
+        features = projected(model, family, images)
+        ids = batch["input_ids"][0]
+        embeds = model.get_input_embeddings()(ids)
+    image_slots = torch.nonzero(ids == model.config.image_token_id).flatten().tolist()
+    keep = [s for s in range(len(ids)) if s not in image_slots]
+    offset = 0
+    for (image, length), rows in zip(images, features, strict=True):
+        for token, row in zip(image, rows, strict=True):
+            embeds[image_slots[offset + token]] = row
+            keep.append(image_slots[offset + token])
+        offset += length
+    assert offset == len(image_slots)
+    return embeds[sorted(keep)]
+
+
+def layer0_input(model, run) -> torch.Tensor:
+    """What decoder layer 0 received in ``run()`` (a hook placed after pact's)."""
+    seen = []
+    layer = families.find_decoder(model).layers[0]
+    hook = layer.register_forward_pre_hook(
+        lambda m, a, kw: seen.append(a[0] if a else kw["hidden_states"]), with_kwargs=True
+    )
+    try:
+        with torch.no_grad():
+            run()
+    finally:
+        hook.remove()
+    return seen[0]
+
+
+ROW = [["text:3", "image", "text:4"]]
+TWO_IMAGES = [["text:2", "image", "text:2", "image", "text:3"]]
+
+
+@pytest.mark.parametrize("rows", [ROW, TWO_IMAGES], ids=["one image", "two images"])
+@pytest.mark.parametrize("family", SUPPORTED)
+def test_what_the_language_model_receives_is_visionzips_definition(family, rows):
+    tiny = build(family)
+    batch = tiny.inputs(rows)
+    expected = expected_layer0(tiny.model, family, batch)
+    with pact.attached(tiny.model, config()) as handle:
+        received = layer0_input(tiny.model, lambda: tiny.model(**batch))
+        stats = handle.stats.last[0]
+    assert received.shape[1] == expected.shape[0]
+    torch.testing.assert_close(received[0], expected, atol=2e-5, rtol=1e-4)
+    images = rows[0].count("image")
+    assert stats.after_prune[0] == DOMINANT * images
+    assert stats.after_merge[0] == (DOMINANT + CONTEXTUAL) * images
