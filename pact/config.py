@@ -87,9 +87,9 @@ class StageConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, frozen=True)
 
-    layer: int | None = Field(None, ge=0, strict=True)
-    """Decoder layer (0-based) at whose input the visual tokens are reduced; required in the
-    decoder, 0 (or unset) for a vision stage, which acts on the language model's input."""
+    layer: int = Field(ge=0, strict=True)
+    """Decoder layer (0-based) at whose input the visual tokens are reduced; a vision stage
+    acts on the language model's input: 0 (the default there)."""
     place: Literal["decoder", "vision"] = "decoder"
     """Where the stage decides: in the decoder, from the layer's own tensors; or on the vision
     side (VisionZip), from the vision tower's attention, merging the tower's features before the
@@ -129,6 +129,13 @@ class StageConfig(BaseModel):
     """Position id of a merged token: its center's (keep), the members' rounded mean, or a
     contiguous renumbering of the reduced sequence."""
 
+    @model_validator(mode="before")
+    @classmethod
+    def _vision_layer(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and data.get("place") == "vision" and "layer" not in data:
+            return {**data, "layer": 0}
+        return data
+
     @model_validator(mode="after")
     def _cross_field_rules(self) -> StageConfig:
         self._resolve_place()
@@ -143,8 +150,6 @@ class StageConfig(BaseModel):
 
     def _resolve_place(self) -> None:
         if self.place == "decoder":
-            if self.layer is None:
-                raise ValueError("layer is required for a stage in the decoder (place: decoder)")
             if self.tower_layer is not None:
                 raise ValueError("tower_layer applies to place: vision only; remove it")
             if self.scorer is not None and type(self.scorer).reads_tower:
@@ -153,11 +158,10 @@ class StageConfig(BaseModel):
                     "place: vision"
                 )
             return
-        if self.layer not in (None, 0):
+        if self.layer != 0:
             raise ValueError(
                 "a vision stage acts on the language model's input: layer must be 0 or unset"
             )
-        object.__setattr__(self, "layer", 0)
         if self.position_mode != "keep":
             raise ValueError("a vision stage keeps original positions: position_mode must be keep")
         if self.cluster_on == "keys_rope":

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from pact import LayerInputs, QKSource, Reduction
+from pact import LayerInputs, QKSource, Reduction, TowerAttention
 
 DIM = 8
 Q_HEADS, KV_HEADS, HEAD_DIM = 4, 2, 4
@@ -83,6 +83,12 @@ def qk_source(hidden: Tensor, positions: Tensor, calls: list | None = None) -> Q
     return QKSource(project)
 
 
+def tower_of(hidden: Tensor) -> TowerAttention:
+    """A vision stage's tower signal made token by token from ``[B, N, D]`` hidden states, so
+    a row's signal is the same alone and in any batch (read by VisionZip's scorer only)."""
+    return TowerAttention(received=hidden.float().norm(dim=-1), cls=hidden.float()[..., 0].abs())
+
+
 def single(row: Row, calls: list | None = None) -> LayerInputs:
     """A batch of one unpadded row."""
     hidden, positions = row.hidden[None], row.positions[None]
@@ -91,6 +97,7 @@ def single(row: Row, calls: list | None = None) -> LayerInputs:
         visual_mask=row.visual[None],
         qk=qk_source(hidden, positions, calls),
         positions=positions,
+        tower=tower_of(hidden),
     )
 
 
@@ -116,6 +123,7 @@ def batch(rows: list[Row], sides: list[str], extra: int = 2, seed: int = 99) -> 
         qk=qk_source(hidden, positions),
         positions=positions,
         padding_mask=padding,
+        tower=tower_of(hidden),
     )
 
 

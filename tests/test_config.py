@@ -217,8 +217,8 @@ def test_every_bad_setting_is_reported_at_once():
         ({"stagez": []}, "stages"),
         (
             stage(cutof=1),
-            "alpha, cluster_on, clusterer, keep_ratio, keep_tokens, layer, merger, position_mode, "
-            "proportional_attention, recycling, retrieval, scorer",
+            "alpha, cluster_on, clusterer, keep_ratio, keep_tokens, layer, merger, place, "
+            "position_mode, proportional_attention, recycling, retrieval, scorer, tower_layer",
         ),
         (stage(clusterer={"name": "dbdpc", "cutof": 0.2}), "cutoff, dc, name"),
         (stage(clusterer={"name": "tome", "r": 1, "rr": 2}), "merge_ratio, name, r"),
@@ -294,6 +294,7 @@ def test_list_presets_is_the_official_table():
         "pact",
         "pyramiddrop",
         "tome",
+        "visionzip",
         "vtw",
     ]
 

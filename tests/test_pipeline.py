@@ -74,7 +74,13 @@ def test_batch_rows_equal_rows_alone_for_every_preset(preset):
 @pytest.mark.parametrize("clusterer", pact.list_clusterers())
 @pytest.mark.parametrize("scorer", [None, *pact.list_scorers()])
 def test_batch_rows_equal_rows_alone_for_every_component_pair(scorer, clusterer):
-    stage = StageConfig(layer=0, scorer=scorer, clusterer=clusterer_config(clusterer))
+    vision = scorer is not None and pact.SCORERS.get(scorer).Config.reads_tower
+    stage = StageConfig(
+        layer=0,
+        place="vision" if vision else "decoder",
+        scorer=scorer,
+        clusterer=clusterer_config(clusterer),
+    )
     check_batch_matches_rows(stage, rows_for_batch(), SIDES)
 
 

@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pact import SCORERS, LayerInputs, Pipeline, QKSource, StageConfig
+from pact import SCORERS, LayerInputs, Pipeline, QKSource, StageConfig, TowerAttention
 from pact.scorers.attention import Attention
 from pact.scorers.euti import Euti
 from pact.scorers.norm import Norm
@@ -51,7 +51,13 @@ def make_layer(
         queries_rotary=(queries.flip(2) * 0.7).to(dtype) if rotary else None,
         keys_rotary=(keys.flip(2) * 1.3).to(dtype) if rotary else None,
     )
-    return LayerInputs(hidden=hidden.to(dtype), visual_mask=visual, qk=qk, padding_mask=padding)
+    # A vision stage's signal too (read by visionzip only): [CLS] attention and the mean.
+    tower = TowerAttention(
+        torch.rand(batch, n, generator=generator), torch.rand(batch, n, generator=generator)
+    )
+    return LayerInputs(
+        hidden=hidden.to(dtype), visual_mask=visual, qk=qk, padding_mask=padding, tower=tower
+    )
 
 
 def as_numpy(tensor: torch.Tensor) -> np.ndarray:
@@ -237,6 +243,7 @@ REFERENCES = {
     "euti": euti_reference,
     "attention": fastv_last_reference,
     "norm": lambda x: np.linalg.norm(as_numpy(x.hidden), axis=-1),
+    "visionzip": lambda x: as_numpy(x.tower.cls),  # [CLS] attention where the tower has one
 }
 """Independent computations of the scorers that have one (random and withdraw are checked
 by their own tests)."""
