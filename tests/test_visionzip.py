@@ -9,6 +9,7 @@ receive; the test reads that from a hook placed after pact's.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import sys
 
 import numpy as np
@@ -147,7 +148,7 @@ def qwen_reference(model, pixel_values, grid_thw):
     k = qkv[:, 1] * cos + rotate_half(qkv[:, 1]) * sin
     received = torch.zeros(x.shape[0])
     bounds = segments.tolist()
-    for start, end in zip(bounds[:-1], bounds[1:], strict=True):
+    for start, end in itertools.pairwise(bounds):
         logits_ = torch.einsum("qhd,khd->hqk", q[start:end], k[start:end]) * q.shape[-1] ** -0.5
         received[start:end] = logits_.softmax(-1).mean(dim=(0, 1))
     unit = visual.spatial_merge_size**2
@@ -239,3 +240,83 @@ def test_what_the_language_model_receives_is_visionzips_definition(family, rows)
     images = rows[0].count("image")
     assert stats.after_prune[0] == DOMINANT * images
     assert stats.after_merge[0] == (DOMINANT + CONTEXTUAL) * images
+
+
+SMALL = ["stages.0.keep_tokens=5", "stages.0.recycling.clusterer.clusters=3"]
+ROWS = [["text:3", "image", "text:4"], ["text:2", "image", "text:1", "image", "text:5"],
+        ["text:6"]]  # fmt: skip
+
+
+@pytest.mark.parametrize("family", SUPPORTED)
+def test_batch_rows_equal_rows_alone_and_detach_restores_the_model(family):
+    tiny = build(family)
+    batches = make_batches(tiny, ROWS, ("left", "right")[SUPPORTED.index(family) % 2])
+    untouched = logits(tiny, batches.batch)
+    with pact.attached(tiny.model, "visionzip", overrides=SMALL) as handle:
+        batched = logits(tiny, batches.batch)
+        stats = handle.stats.last[0]
+        alone = [logits(tiny, row) for row in batches.alone]
+    assert max_row_diff(batched, batches.real, alone) <= 1e-4
+    assert stats.after_merge == [8, 16, 0] and stats.after_prune == [5, 10, 0]
+    assert (batched - untouched)[batches.real].abs().max() > 1e-4
+    assert torch.equal(logits(tiny, batches.batch), untouched)
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2_5_vl"])
+def test_generate_with_the_cache_batch_rows_equal_rows_alone(family):
+    tiny = build(family)
+    batches = make_batches(tiny, ROWS[:2], "left")
+    with pact.attached(tiny.model, "visionzip", overrides=SMALL):
+        batched = greedy(tiny, batches.batch)
+        alone = [greedy(tiny, row) for row in batches.alone]
+    for row, single in enumerate(alone):
+        for step, step_logits in enumerate(single.logits):
+            diff = (batched.logits[step][row] - step_logits[0]).abs().max()
+            assert diff <= 1e-4, (row, step)
+
+
+def test_the_tower_layer_read_is_the_one_asked():
+    tiny = build("llava_siglip")  # 2 tower layers; LLaVA reads layer 0's output
+    batch = tiny.inputs(ROW)
+    seen = {}
+    for tower_layer in (None, 0, 1, -1):
+        with pact.attached(tiny.model, config(tower_layer=tower_layer)):
+            seen[tower_layer] = layer0_input(tiny.model, lambda: tiny.model(**batch))
+    assert torch.equal(seen[None], seen[0]) and torch.equal(seen[1], seen[-1])
+    assert not torch.equal(seen[0], seen[1])
+
+
+def test_unsupported_models_and_videos_are_refused_before_any_work():
+    tiny = tiny_model("llava_next")
+    with pytest.raises(ValueError, match=r"LLaVA-1\.5 .*Qwen2\.5-VL; not in LlavaNext"):
+        pact.attach(tiny.model, "visionzip")
+    assert pact.handle_of(tiny.model) is None
+    qwen = tiny_model("qwen2_vl")
+    batch = qwen.inputs([["text:2", "video", "text:3"]])
+    with pact.attached(qwen.model, "visionzip"):
+        with pytest.raises(ValueError, match="videos"):
+            qwen.model(**batch)
+        with pytest.raises(ValueError, match="videos"):
+            greedy(qwen, batch, new_tokens=1)
+    with pytest.raises(ValueError, match="tower_layer: layer 3 is out of range"):
+        pact.attach(qwen.model, config(tower_layer=3))
+
+
+@pytest.mark.parametrize(
+    ("stages", "message"),
+    [
+        ([{"layer": 2, "scorer": "visionzip"}], "reads the vision tower's attention: set place"),
+        ([{"layer": 1, "scorer": "euti"}, {"place": "vision", "scorer": "visionzip"}],
+         "place: vision must be the first stage"),
+        ([{"place": "vision", "layer": 2, "scorer": "visionzip"}], "layer must be 0 or unset"),
+        ([{"layer": 2, "scorer": "euti", "tower_layer": 1}], "tower_layer applies to place"),
+        ([{"place": "vision", "scorer": "visionzip", "position_mode": "mean"}],
+         "position_mode must be keep"),
+        ([{"layer": 2, "scorer": "euti", "recycling": {"clusterer": "visionzip"},
+           "retrieval": True, "clusterer": {"name": "dbdpc"}}], "choose one"),
+        ([{"layer": 2, "recycling": {"clusterer": "visionzip"}}], "needs a scorer"),
+    ],
+)  # fmt: skip
+def test_config_rules_name_what_is_wrong(stages, message):
+    with pytest.raises(pact.ConfigError, match=message):
+        pact.PactConfig.load({"stages": stages})

@@ -260,6 +260,8 @@ class PactHandle(CallHooks, VisionHooks):
         self._call = Call(
             input_ids=input_ids, attention_mask=kwargs.get("attention_mask"), visual_mask=mask
         )
+        if self.vision_stage is not None:
+            self._call.vision_plan = self.take_pending_plan()
         return None
 
     def _generate(self, *args, **kwargs):
@@ -270,6 +272,8 @@ class PactHandle(CallHooks, VisionHooks):
         )
         caches.check_implementation(implementation)
         caches.check_supported(caches.cache_of(kwargs))
+        if self.vision_stage is not None:
+            self.check_vision_call(kwargs)
         return type(self.model).generate(self.model, *args, **kwargs)
 
     def _follow_attention_choice(self) -> None:

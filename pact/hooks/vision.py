@@ -20,6 +20,7 @@ from torch import Tensor
 
 from pact.config import StageConfig
 from pact.hooks import towers
+from pact.hooks.state import Call
 from pact.pipeline import Pipeline, stack_rows
 from pact.tensors import LayerInputs, Reduction, ReductionStats, RowReduction, StepTimes
 
@@ -169,14 +170,29 @@ class VisionHooks:
                 "pixel_values_videos (use a decoder stage for videos)"
             )
 
-    def _capture_grid(self, module, args, kwargs):
+    def _vision_state(self) -> Call:
+        """Where the vision hooks write: the running forward, or, when the tower runs before
+        it (``generate`` encodes the images first), a per-thread call the next forward of the
+        model takes its plan from."""
         if self._call is not None:
-            self._call.grid_thw = kwargs.get("grid_thw", args[1] if len(args) > 1 else None)
+            return self._call
+        pending = getattr(self._local, "vision_pending", None)
+        if pending is None:
+            pending = self._local.vision_pending = Call(None, None, None)
+        return pending
+
+    def take_pending_plan(self) -> VisionPlan | None:
+        """The plan made by a tower run outside a forward, for this thread's next forward."""
+        pending = getattr(self._local, "vision_pending", None)
+        self._local.vision_pending = None
+        return None if pending is None else pending.vision_plan
+
+    def _capture_grid(self, module, args, kwargs):
+        state = self._vision_state()
+        state.grid_thw = kwargs.get("grid_thw", args[1] if len(args) > 1 else None)
 
     def _capture_tower(self, module, args, kwargs):
-        call = self._call
-        if call is None:
-            return None
+        call = self._vision_state()
         hidden = args[0] if args else kwargs["hidden_states"]
         with torch.no_grad():
             if isinstance(self.tower, towers.QwenTower):
@@ -188,9 +204,7 @@ class VisionHooks:
         return None
 
     def _reduce_features(self, module, args):
-        call = self._call
-        if call is None:
-            return None
+        call = self._vision_state()
         if call.tower is None:
             raise RuntimeError(
                 f"pact: the tower's layer {self.tower.layer} did not run before the projector"
