@@ -35,11 +35,13 @@ STRENGTHS: dict[str, tuple[str, tuple[float, ...]]] = {
     "dbscan": ("clusterer.eps", (0.1, 0.15, 0.2)),
     "tome": ("clusterer.merge_ratio", (0.05, 0.1, 0.2)),
     "vtw": ("layer", (6, 4, 2)),
+    "visionzip": ("keep_tokens", (48, 32, 16)),
 }
 """Per preset, the override path of its strength knob and three values, weakest first.
 Values suit the 8-layer tiny models (``vtw`` withdraws at layer 6, 4 or 2 of 8);
 ``pyramiddrop``'s stages (layers 7, 14, 21) need a decoder of 22 layers or more
-(``shape:qwen2-0.5b``), or a config file placing them."""
+(``shape:qwen2-0.5b``), or a config file placing them. ``visionzip`` keeps that many dominant
+tokens per image, plus its 10 contextual ones (of the tiny LLaVA's 64)."""
 METHOD_KNOBS = {"pact": "keep_ratio", "fastv": "keep_ratio", "tome": "clusterer.merge_ratio"}
 """Methods whose tuning (with its special cases) :func:`tune_method` owns, and their knob."""
 KNOB_TUNING: dict[str, tuple[Callable[[float], float], tuple[float, float], bool]] = {

@@ -160,12 +160,16 @@ class QwenTower:
         if not self.windowed:
             return torch.arange(n_units, device=grid_thw.device)
         visual = self.visual
-        window_index, _ = self.module.get_vision_window_index(
-            grid_thw,
-            spatial_merge_size=visual.spatial_merge_size,
-            window_size=visual.window_size,
-            patch_size=visual.patch_size,
-        )
+        function = getattr(self.module, "get_vision_window_index", None)
+        if function is None:  # transformers before the shared vision_utils: a method
+            window_index, _ = visual.get_window_index(grid_thw)
+        else:
+            window_index, _ = function(
+                grid_thw,
+                spatial_merge_size=visual.spatial_merge_size,
+                window_size=visual.window_size,
+                patch_size=visual.patch_size,
+            )
         return torch.argsort(window_index.to(grid_thw.device))
 
     def rows(self, features: Tensor, captured: Captured, grid_thw: Tensor) -> TowerRows:

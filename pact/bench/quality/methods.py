@@ -5,7 +5,8 @@ with the random scorer) whose single strength knob is set, per target ratio, so 
 removes about that fraction of the visual tokens:
 
 * knobs that fix the count (``keep_ratio`` of a scorer, of k-means, DPC, agglomerative)
-  are set to ``1 - target`` directly;
+  are set to ``1 - target`` directly; VisionZip's budget in tokens per image likewise, split
+  54:10 between dominant and contextual tokens as in the paper's 64-token setting;
 * knobs whose effect depends on the image (PACT's EUTI keep ratio with DBDPC on top,
   DBDPC's cutoff, DBSCAN's eps, ToMe's per-layer merge ratio) are tuned on a calibration
   set of validation images (:func:`pact.bench.tuning.tune`);
@@ -47,7 +48,7 @@ class Method:
 
     preset: str
     knob: str
-    setting: str  # "exact" (1 - target), "tuned" or "layer" (VTW)
+    setting: str  # "exact" (1 - target), "tokens" (VisionZip), "tuned" or "layer" (VTW)
     overrides: tuple[str, ...] = ()
     bounds: tuple[float, float] = (0.0, 1.0)
     increasing: bool = True  # removal grows with the knob
@@ -80,6 +81,7 @@ METHODS: dict[str, Method] = {
     "dpc": Method("dpc", "clusterer.keep_ratio", "exact"),
     "agglomerative": Method("agglomerative", "clusterer.keep_ratio", "exact"),
     "vtw": Method("vtw", "layer", "layer"),
+    "visionzip": Method("visionzip", "keep_tokens", "tokens", placed=False),
     "random": Method("euti", "keep_ratio", "exact", overrides=("scorer.name=random",)),
 }
 """The methods of the paper's comparisons that pact implements, by label."""
@@ -125,6 +127,8 @@ def choose(model, calibration: dict, name: str, target: float, layer: int, steps
     if method.setting == "layer":
         value = min(layers - 1, max(0, round(layers * (1.0 - target))))
         return Setting(name, target, value, overrides_for(name, value, layer), layers)
+    if method.setting == "tokens":
+        return _visionzip_setting(name, target, layer, layers)
     setting = _tuned(model, calibration, name, target, layer, steps)
     best = min(setting.tries, key=lambda pair: abs(pair[1] - target))[1]
     if name == "pact" and best > target + 0.02:
@@ -135,6 +139,19 @@ def choose(model, calibration: dict, name: str, target: float, layer: int, steps
         cut.method, cut.tries = "pact", setting.tries + cut.tries
         return cut
     return setting
+
+
+def _visionzip_setting(name: str, target: float, layer: int, layers: int) -> Setting:
+    """VisionZip's budget per image, split as the paper's 64-token setting (54 dominant, 10
+    contextual): ``(1 - target) x`` the image's tokens in all, about 10/64 of them merged."""
+    from pact.models.shapes.spec import IMAGE_TOKENS
+
+    budget = max(2, round((1.0 - target) * IMAGE_TOKENS))
+    contextual = max(1, round(budget * 10 / 64))
+    dominant = budget - contextual
+    overrides = overrides_for(name, dominant, layer)
+    overrides.append(f"stages.0.recycling.clusterer.clusters={contextual}")
+    return Setting(name, target, dominant, overrides, layers)
 
 
 def _tuned(model, calibration: dict, name: str, target: float, layer: int, steps: int,
