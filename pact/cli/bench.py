@@ -244,8 +244,9 @@ def _add_speed(commands) -> None:
         "--tune-steps", type=int, default=7, help="tries per tuning (default: %(default)s)"
     )
     parser.add_argument("--model", default="tiny:llava", metavar="SPEC",
-                        help="tiny:<family>, shape:qwen2-0.5b, shape:qwen2-7b, or a "
-                        "checkpoint path / hub id")  # fmt: skip
+                        help="tiny:<family>, shape:qwen2-0.5b, shape:qwen2-7b (a LLaVA-OneVision "
+                        "around that decoder; shape:qwen2-0.5b:<family> for another family, "
+                        "e.g. llava for visionzip), or a checkpoint path / hub id")  # fmt: skip
     parser.add_argument("--image-tokens", type=int, default=2000,
                         help="visual tokens of shape: models")  # fmt: skip
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",

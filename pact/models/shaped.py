@@ -16,6 +16,9 @@ from pact.models import tiny as tiny_models
 
 SHAPES = {"qwen2-0.5b": tiny_models.QWEN2_0_5B_SHAPE, "qwen2-7b": tiny_models.QWEN2_7B_SHAPE}
 """``shape:<name>`` choices and the decoder shape each names."""
+SHAPED_FAMILY = "llava_onevision"
+"""The family of ``shape:<name>`` models unless ``shape:<name>:<family>`` names one (a vision
+stage, VisionZip's, needs ``llava``, ``qwen2_vl`` or ``qwen2_5_vl``)."""
 PROMPT = ("text:12", "image", "text:24")
 """One image between a short system-like prefix and a short question."""
 
@@ -51,8 +54,14 @@ def check_model_spec(spec: str, image: str | None) -> str:
             )
         return "tiny"
     if sep and kind == "shape":
+        name, _, family = name.partition(":")
         if name not in SHAPES:
             raise ValueError(f"--model shape:<name> takes {', '.join(SHAPES)}; got {name!r}")
+        if family and family not in tiny_models.FAMILIES:
+            raise ValueError(
+                f"--model shape:<name>:<family> takes {', '.join(tiny_models.FAMILIES)}; "
+                f"got {family!r}"
+            )
         return "shape"
     if image is None:
         raise ValueError(f"--image is required with a checkpoint --model ({spec!r})")
@@ -73,12 +82,14 @@ def load(spec: str, image_tokens: int, dtype: str, device: str, seed: int,
         tiny = tiny_models.build(name, seed=seed, dtype=torch_dtype, device=device)
         description = f"tiny random-weight {name} (qwen2 decoder), seed {seed}"
     else:
+        name, _, family = name.partition(":")
+        family = family or SHAPED_FAMILY
         shape = SHAPES[name]
         tiny = tiny_models.build_shaped(
-            shape, image_tokens=image_tokens, dtype=torch_dtype, device=device, seed=seed
+            shape, family, image_tokens=image_tokens, dtype=torch_dtype, device=device, seed=seed
         )
         description = (
-            f"random-weight llava_onevision, {name}-shaped decoder ({shape['layers']} layers, "
+            f"random-weight {family}, {name}-shaped decoder ({shape['layers']} layers, "
             f"hidden {shape['hidden']}), {dtype}, seed {seed}"
         )
     # One image between a short prefix and a question, as the end-to-end GPU suite uses.
