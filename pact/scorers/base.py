@@ -20,6 +20,12 @@ class ScorerConfig(ComponentConfig):
     fixed_keep_ratio: ClassVar[float | None] = None
     """If set, the only keep ratio this scorer makes sense with (VTW withdraws all: 0)."""
 
+    def keep_count_setting(self) -> str | None:
+        """The field of these settings that makes the scorer choose how many tokens each
+        stage keeps (:meth:`Scorer.budget_for`; SparseVLM's ``rank_scale``), None if none
+        does. A stage whose scorer names one refuses ``keep_ratio`` and ``keep_tokens``."""
+        return None
+
 
 class Scorer(Component):
     """Scores visual tokens; the pipeline keeps the ``floor(keep_ratio * |V|)`` best."""
@@ -40,3 +46,12 @@ class Scorer(Component):
         on which tokens form an image (DivPrune's diversity within each image) override it.
         """
         return self.score(inputs)
+
+    def budget_for(self, inputs: LayerInputs, budget: Budget) -> Budget:
+        """The budget the stage keeps, given the one its settings ask for.
+
+        The pipeline calls this before :meth:`score_for`; the default returns ``budget``.
+        A scorer whose config names a :meth:`~ScorerConfig.keep_count_setting` receives one keeping
+        every visual token of each row and returns its own counts over the same groups.
+        """
+        return budget
