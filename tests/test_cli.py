@@ -18,13 +18,13 @@ from pact.registry import REGISTRIES
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_presets_lists_all_fourteen_with_their_summary(capsys):
+def test_presets_lists_all_fifteen_with_their_summary(capsys):
     assert main(["presets"]) == 0
     out = capsys.readouterr().out
     header, rule, *lines = out.splitlines()
     assert header.split() == ["preset", "description"] and set(rule) == {"-"}
     assert [line.split()[0] for line in lines] == pact.list_presets()
-    assert len(lines) == 14
+    assert len(lines) == 15
     by_name = {line.split()[0]: line for line in lines}
     assert "PACT (Dhouib et al., CVPR 2025)" in by_name["pact"]
     assert "#" not in out
