@@ -292,6 +292,20 @@ def test_rank_scale_leaves_keep_ratio_unset_and_round_trips():
     assert (default.keep_ratio, default.recycling.clusterer.name) == (0.5, "dpc_knn")
 
 
+def test_a_scorer_budget_beyond_its_groups_is_refused():
+    class Greedy(SparseVlm):
+        def budget_for(self, inputs, budget):
+            return pact.tensors.Budget(
+                budget.groups, [[n + 1 for n in row] for row in budget.counts]
+            )
+
+    inputs = make_layer(0, MIXED_ROWS, rotary=True)
+    pipeline = Pipeline(StageConfig(layer=0, scorer={"name": "sparsevlm", "rank_scale": 0.5}))
+    pipeline.scorer = Greedy({"rank_scale": 0.5})
+    with pytest.raises(ValueError, match=r"keep counts \[7\] for groups of \[6\] visual tokens"):
+        pipeline(inputs)
+
+
 # ------------------------------------------------------------------ through the hook
 @pytest.mark.parametrize("family", ["llava", "qwen2_vl"])
 def test_rank_based_sparsevlm_through_the_hook_batch_rows_equal_rows_alone(family):

@@ -127,7 +127,11 @@ class SparseVlm(Scorer):
         return scores
 
     def budget_for(self, inputs: LayerInputs, budget: Budget) -> Budget:
-        """With ``rank_scale``: each group keeps ``L_v`` minus the rank-based deletions."""
+        """With ``rank_scale``: each group keeps ``L_v`` minus the rank-based deletions.
+
+        The raters' attention rows are formed here and again by :meth:`score`: ``R x N``
+        logits per head, a small cost next to the layer's own attention.
+        """
         scale = self.config.rank_scale
         if scale is None:
             return budget
