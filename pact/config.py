@@ -77,9 +77,10 @@ class RecyclingConfig(BaseModel):
     fraction: float = Field(0.3, gt=0.0, le=1.0)
     """Share of the pruned tokens recycled, best scores first: ``floor(fraction x pruned) +
     1`` of them, at most all (SparseVLM: 0.3; VisionZip: 1, every pruned token)."""
-    clusterer: ClustererField
+    clusterer: ClustererField = Field(default_factory=_default(CLUSTERERS, "dpc_knn"))
     """Clusterer grouping the recycled tokens (on the stage's ``cluster_on`` vectors); each
-    cluster becomes one token at its center's slot."""
+    cluster becomes one token at its center's slot. Default: ``dpc_knn``, SparseVLM's
+    (``recycling: {}`` is SparseVLM's recycling)."""
 
 
 class StageConfig(BaseModel):
@@ -102,7 +103,8 @@ class StageConfig(BaseModel):
     """Importance scorer for pruning; None: no pruning."""
     keep_ratio: float | None = Field(None, ge=0.0, le=1.0)
     """Fraction of visual tokens the scorer keeps (floor, at least 1 unless 0); None: the
-    scorer's default (euti 0.55, withdraw 0, others 0.5). Per row: a row's images share it."""
+    scorer's default (euti 0.55, withdraw 0, others 0.5), or the scorer's own count where its
+    settings choose one (sparsevlm with ``rank_scale``). Per row: a row's images share it."""
     keep_tokens: int | None = Field(None, ge=1, strict=True)
     """Visual tokens the scorer keeps of each image (all of an image that has fewer), instead
     of ``keep_ratio``: the budgets papers report (64, 128, 192 per image). An image is a run of
@@ -174,6 +176,17 @@ class StageConfig(BaseModel):
                 raise ValueError("keep_ratio prunes visual tokens and needs a scorer; set scorer")
             if self.keep_tokens is not None:
                 raise ValueError("keep_tokens prunes visual tokens and needs a scorer; set scorer")
+            return
+        setting = self.scorer.keep_count_setting()
+        if setting is not None:
+            # keep_ratio stays None (no default filled in): a config written out reloads.
+            for field in ("keep_ratio", "keep_tokens"):
+                if getattr(self, field) is not None:
+                    raise ValueError(
+                        f"scorer {self.scorer.name!r} with {setting} chooses the keep count "
+                        f"itself; remove {field} (override: {field}=null) or unset "
+                        f"scorer.{setting}"
+                    )
             return
         fixed = type(self.scorer).fixed_keep_ratio
         if self.keep_tokens is not None:

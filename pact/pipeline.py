@@ -140,17 +140,37 @@ class Pipeline:
         return stack_rows(inputs, rows, stats)
 
     def budget(self, inputs: LayerInputs) -> Budget:
-        """Visual tokens kept per image (``keep_tokens``) or per row (``keep_ratio``)."""
+        """Visual tokens kept per image (``keep_tokens``) or per row (``keep_ratio``); with
+        neither (a scorer that sets its own count), every visual token of each row."""
         visual_mask = inputs.real_visual_mask
         if self.stage.keep_tokens is not None:
             return Budget.per_image(visual_mask, self.stage.keep_tokens)
-        return Budget.whole_rows(visual_mask, self.stage.keep_ratio)
+        ratio = 1.0 if self.stage.keep_ratio is None else self.stage.keep_ratio
+        return Budget.whole_rows(visual_mask, ratio)
+
+    def _scorer_budget(self, inputs: LayerInputs) -> Budget:
+        """The scorer's budget (:meth:`Scorer.budget_for`), checked: each count of a group
+        within ``[0, group size]``."""
+        assert self.scorer is not None
+        asked = self.budget(inputs)
+        budget = self.scorer.budget_for(inputs, asked)
+        for row in range(inputs.batch_size):
+            sizes = [slots.numel() for slots in budget.members(row)]
+            counts = budget.counts[row]
+            if len(counts) != len(asked.counts[row]) or any(
+                not 0 <= count <= size for count, size in zip(counts, sizes, strict=True)
+            ):
+                raise ValueError(
+                    f"scorer {self.stage.scorer.name!r} returned keep counts {counts} for groups "
+                    f"of {sizes} visual tokens in row {row}; each must lie in [0, group size]"
+                )
+        return budget
 
     def _plan_rows(self, inputs: LayerInputs) -> list[_RowPlan]:
         visual_mask = inputs.real_visual_mask
         scores = budget = None
         if self.scorer is not None and bool(visual_mask.any()):
-            budget = self.budget(inputs)
+            budget = self._scorer_budget(inputs)
             scores = self.scorer.score_for(inputs, budget)
             if not bool(torch.isfinite(scores[visual_mask]).all()):
                 raise ValueError(f"scorer {self.stage.scorer.name!r} returned NaN or inf scores")

@@ -131,12 +131,14 @@ def test_divprune_keeps_one_of_each_set_of_duplicates_first():
 
 
 # The presets through the hook at batch 3 (two images, one, none), left or right padding;
-# PyramidDrop's quarters of 28 layers become layers 2, 4, 6 of the tiny 8-layer decoders.
+# PyramidDrop's quarters of 28 layers become layers 2, 4, 6 of the tiny 8-layer decoders,
+# SparseVLM's 3, 7, 16 layers 1, 3, 5 (each recycling the pruned tokens it best scores).
 HOOK_CONFIGS = {
     "dart": [],
     "divprune": [],
     "pyramiddrop": ["stages.0.layer=2", "stages.1.layer=4", "stages.2.layer=6"],
     "fastv": [],
+    "sparsevlm": ["stages.0.layer=1", "stages.1.layer=3", "stages.2.layer=5"],
 }
 ROWS = [["text:3", "image", "text:4"], ["text:2", "image", "text:1", "image", "text:5"],
         ["text:6"]]  # fmt: skip

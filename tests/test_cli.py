@@ -24,7 +24,7 @@ def test_presets_lists_every_preset_with_its_summary(capsys):
     header, rule, *lines = out.splitlines()
     assert header.split() == ["preset", "description"] and set(rule) == {"-"}
     assert [line.split()[0] for line in lines] == pact.list_presets()
-    assert len(lines) == 15
+    assert len(lines) == 16
     by_name = {line.split()[0]: line for line in lines}
     assert "PACT (Dhouib et al., CVPR 2025)" in by_name["pact"]
     assert "#" not in out

@@ -293,6 +293,7 @@ def test_list_presets_is_the_official_table():
         "none",
         "pact",
         "pyramiddrop",
+        "sparsevlm",
         "tome",
         "visionzip",
         "vtw",

@@ -83,8 +83,15 @@ def test_comparisons_name_overlapping_intervals_and_pact_against_random():
     cells = [("pact", 0.95, [0.9, 1.0]), ("euti", 0.92, [0.88, 0.96]), ("random", 0.5, [0.4, 0.6])]
     rows = [{"method": m, "target": 0.9, "relative_accuracy": a, "relative_interval": i}
             for m, a, i in cells]  # fmt: skip
-    rows.append({"method": "dbscan", "target": 0.9, "relative_accuracy": 0.99,
-                 "relative_interval": [0.98, 1.0], "reduction_ratio": 0.8})
+    rows.append(
+        {
+            "method": "dbscan",
+            "target": 0.9,
+            "relative_accuracy": 0.99,
+            "relative_interval": [0.98, 1.0],
+            "reduction_ratio": 0.8,
+        }
+    )
     for row in rows[:3]:
         row["reduction_ratio"] = 0.9
     (line,) = comparisons({"rows": rows})
@@ -122,7 +129,7 @@ def test_run_on_a_trained_shapes_model_prints_its_answers_and_writes_an_overlay(
     unreduced = [VOCAB[i] for i in answer_ids(load(out), items)]
     for example, answer in zip(items, unreduced, strict=True):
         line = next(line for line in printed.splitlines() if line.startswith(example.question))
-        assert line.split()[len(example.question.split()):][:2] == [example.answer, answer]
+        assert line.split()[len(example.question.split()) :][:2] == [example.answer, answer]
     assert png.read_bytes().startswith(PNG_MAGIC)
     assert "no timings" in printed and f"wrote {png}" in printed
 
@@ -224,6 +231,7 @@ def test_options_that_mean_nothing_for_the_model_are_refused(argv, needle, capsy
         ("fastv", [1]),
         ("divprune", [0]),
         ("pyramiddrop", []),
+        ("sparsevlm", [3]),
         ("tome", [0, 1, 2, 3, 4, 5]),
     ],
 )
@@ -234,7 +242,7 @@ def test_presets_are_fitted_to_the_shapes_model(preset, layers):
 
     config, notes = shapes_config(Namespace(config=preset, set=[]), 6)
     assert [stage.layer for stage in config.stages] == layers
-    assert bool(notes) == (preset in ("pyramiddrop", "tome"))
+    assert bool(notes) == (preset in ("pyramiddrop", "sparsevlm", "tome"))
 
 
 def test_baseline_methods_place_their_stages():
@@ -247,5 +255,8 @@ def test_baseline_methods_place_their_stages():
     assert [s.layer for s in config("divprune", 0.5).stages] == [0]  # the projector's output
     pyramid = config("pyramiddrop", 0.6)
     assert [(s.layer, s.keep_ratio) for s in pyramid.stages] == [(1, 0.6), (3, 0.6), (4, 0.6)]
+    sparse = config("sparsevlm", 0.6)  # one knob, every stage; each stage still recycles
+    assert [(s.layer, s.keep_ratio) for s in sparse.stages] == [(1, 0.6), (2, 0.6), (3, 0.6)]
+    assert all(s.recycling.clusterer.name == "dpc_knn" for s in sparse.stages)
     assert config("fastv", 0.5).stages[0].scorer.query == "last"
     assert config("fastv_mean", 0.5).stages[0].scorer.query == "all"

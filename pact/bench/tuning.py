@@ -28,6 +28,7 @@ STRENGTHS: dict[str, tuple[str, tuple[float, ...]]] = {
     "dart": ("keep_ratio", (0.75, 0.5, 0.25)),
     "divprune": ("keep_ratio", (0.75, 0.5, 0.25)),
     "pyramiddrop": ("keep_ratio", (0.75, 0.5, 0.25)),
+    "sparsevlm": ("keep_ratio", (0.75, 0.5, 0.25)),
     "dbdpc": ("clusterer.cutoff", (0.1, 0.2, 0.3)),
     "kmeans": ("clusterer.keep_ratio", (0.75, 0.5, 0.25)),
     "dpc": ("clusterer.keep_ratio", (0.75, 0.5, 0.25)),
@@ -39,7 +40,8 @@ STRENGTHS: dict[str, tuple[str, tuple[float, ...]]] = {
 }
 """Per preset, the override path of its strength knob and three values, weakest first.
 Values suit the 8-layer tiny models (``vtw`` withdraws at layer 6, 4 or 2 of 8);
-``pyramiddrop``'s stages (layers 7, 14, 21) need a decoder of 22 layers or more
+``pyramiddrop``'s stages (layers 7, 14, 21) and ``sparsevlm``'s (3, 7, 16; the knob sets all
+three stages' keep ratio) need a decoder of 22, resp. 17, layers or more
 (``shape:qwen2-0.5b``), or a config file placing them. ``visionzip`` keeps that many dominant
 tokens per image, plus its 10 contextual ones (of the tiny LLaVA's 64)."""
 METHOD_KNOBS = {"pact": "keep_ratio", "fastv": "keep_ratio", "tome": "clusterer.merge_ratio"}

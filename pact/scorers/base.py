@@ -22,6 +22,12 @@ class ScorerConfig(ComponentConfig):
     reads_tower: ClassVar[bool] = False
     """True if the scorer reads the vision tower's attention (VisionZip): vision stages only."""
 
+    def keep_count_setting(self) -> str | None:
+        """The field of these settings that makes the scorer choose how many tokens each
+        stage keeps (:meth:`Scorer.budget_for`; SparseVLM's ``rank_scale``), None if none
+        does. A stage whose scorer names one refuses ``keep_ratio`` and ``keep_tokens``."""
+        return None
+
 
 class Scorer(Component):
     """Scores visual tokens; the pipeline keeps the ``floor(keep_ratio * |V|)`` best."""
@@ -42,3 +48,12 @@ class Scorer(Component):
         on which tokens form an image (DivPrune's diversity within each image) override it.
         """
         return self.score(inputs)
+
+    def budget_for(self, inputs: LayerInputs, budget: Budget) -> Budget:
+        """The budget the stage keeps, given the one its settings ask for.
+
+        The pipeline calls this before :meth:`score_for`; the default returns ``budget``.
+        A scorer whose config names a :meth:`~ScorerConfig.keep_count_setting` receives one keeping
+        every visual token of each row and returns its own counts over the same groups.
+        """
+        return budget

@@ -13,6 +13,8 @@ removes about that fraction of the visual tokens:
 * PyramidDrop prunes at three layers (its preset's quarters of 28 layers scaled to the
   model's 6 and rounded down: 1, 3 and 4, the first at the single-stage methods' layer)
   with one keep ratio, tuned like ToMe on the layer-averaged axis (which cannot pass 5/6);
+  SparseVLM likewise, at layers 1, 2, 3 (:data:`SPARSEVLM_LAYERS`), its one keep ratio set
+  at all three stages (the recycled tokens come on top of it);
 * VTW removes every visual token at one layer: its knob is that layer, chosen so that the
   *layer-averaged* ratio is nearest the target, and its points are plotted on that axis.
   ToMe, whose removal grows layer by layer, is tuned and plotted on that axis too: its
@@ -58,12 +60,18 @@ class Method:
     @property
     def layer_averaged(self) -> bool:
         """Whether the method is tuned and plotted at its layer-averaged ratio (its removal
-        differs from layer to layer: VTW, progressive ToMe, PyramidDrop)."""
+        differs from layer to layer: VTW, progressive ToMe, PyramidDrop, SparseVLM)."""
         return self.setting == "layer" or not self.single_stage
 
 
 PYRAMIDDROP_LAYERS = ("stages.0.layer=1", "stages.1.layer=3", "stages.2.layer=4")
 """PyramidDrop's layers 7, 14, 21 of 28, scaled to the shipped model's 6 and rounded down."""
+SPARSEVLM_LAYERS = ("stages.0.layer=1", "stages.1.layer=2", "stages.2.layer=3")
+"""SparseVLM's layers 3, 7, 16 (the official outputs of 2, 6, 15 of 32 layers) on the shipped
+model's 6: the first where the single-stage methods act (the layer FastV's K = 2 maps to, as
+SparseVLM's first stage is the same place in its paper), the last at half the decoder (16
+of 32), the second between them (scaled and rounded down, the first two would share layer
+0 and the first would act on the projector's output)."""
 METHODS: dict[str, Method] = {
     "pact": Method("pact", "keep_ratio", "tuned", bounds=(0.02, 1.0), increasing=False),
     "dbdpc": Method("dbdpc", "clusterer.cutoff", "tuned"),
@@ -72,16 +80,31 @@ METHODS: dict[str, Method] = {
     "fastv_mean": Method("fastv", "keep_ratio", "exact", overrides=("scorer.query=all",)),
     "dart": Method("dart", "keep_ratio", "exact"),
     "divprune": Method("divprune", "keep_ratio", "exact", placed=False),
-    "pyramiddrop": Method("pyramiddrop", "keep_ratio", "tuned", increasing=False,
-                          single_stage=False, overrides=PYRAMIDDROP_LAYERS),
-    "tome": Method("tome", "clusterer.merge_ratio", "tuned", bounds=(0.0, 0.5),
-                   single_stage=False),
+    "pyramiddrop": Method(
+        "pyramiddrop",
+        "keep_ratio",
+        "tuned",
+        increasing=False,
+        single_stage=False,
+        overrides=PYRAMIDDROP_LAYERS,
+    ),
+    "sparsevlm": Method(
+        "sparsevlm",
+        "keep_ratio",
+        "tuned",
+        increasing=False,
+        single_stage=False,
+        overrides=SPARSEVLM_LAYERS,
+    ),
+    "tome": Method("tome", "clusterer.merge_ratio", "tuned", bounds=(0.0, 0.5), single_stage=False),
     "kmeans": Method("kmeans", "clusterer.keep_ratio", "exact"),
     "dbscan": Method("dbscan", "clusterer.eps", "tuned"),
     "dpc": Method("dpc", "clusterer.keep_ratio", "exact"),
     "agglomerative": Method("agglomerative", "clusterer.keep_ratio", "exact"),
     "vtw": Method("vtw", "layer", "layer"),
     "visionzip": Method("visionzip", "keep_tokens", "tokens", placed=False),
+    "visionzip_mean": Method("visionzip", "keep_tokens", "tokens", placed=False,
+                             overrides=("stages.0.scorer.query=mean",)),
     "random": Method("euti", "keep_ratio", "exact", overrides=("scorer.name=random",)),
 }
 """The methods of the paper's comparisons that pact implements, by label."""
@@ -90,7 +113,7 @@ DEFAULT_METHODS = ("pact", "dbdpc", "euti", "fastv", "dart", "divprune", "pyrami
                    "kmeans", "vtw", "random")  # fmt: skip
 """What a plain ``pact bench quality`` runs: every kind of method once (about 11 minutes
 on 2 CPU threads). ``--methods all`` adds the variants that tie with these on this task
-(``fastv_mean``, ``dpc``, ``agglomerative``, ``dbscan``)."""
+(``fastv_mean``, ``dpc``, ``agglomerative``, ``dbscan``, ``sparsevlm``)."""
 
 
 @dataclass
@@ -194,8 +217,12 @@ def evaluate(model, items: tuple[Example, ...], config: PactConfig | None,
 
     if config is None:
         right = predictions(model, items, batch_size)
-        return {"accuracy": sum(right) / len(right), "reduction_ratio": 0.0,
-                "layer_averaged_ratio": 0.0, "right": right}
+        return {
+            "accuracy": sum(right) / len(right),
+            "reduction_ratio": 0.0,
+            "layer_averaged_ratio": 0.0,
+            "right": right,
+        }
     averaged = []  # (visual tokens in, layer-averaged ratio) of each batch
 
     def after_batch(handle) -> None:
