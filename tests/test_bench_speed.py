@@ -148,6 +148,7 @@ def test_target_ratio_tunes_each_knob(capsys):
         (["--decode-tokens", "0"], "--decode-tokens"),
         (["--model", "tiny:blip"], "--model"),
         (["--model", "shape:qwen9"], "--model"),
+        (["--model", "shape:qwen2-0.5b:blip"], "shape:<name>:<family>"),
         (["--model", "some/checkpoint"], "--image"),
         (["--model", "some/checkpoint", "--image", "/no/such.png"], "--image"),
         (["--device", "tpu"], "--device"),
@@ -171,3 +172,13 @@ def test_unparsable_numbers_and_help(capsys):
         main(["bench", "speed", "--help"])
     assert exit_info.value.code == 0
     assert "--target-ratio" in capsys.readouterr().out
+
+
+def test_a_shaped_model_takes_another_family_for_a_vision_stage():
+    from pact.models.shaped import load
+
+    subject = load("shape:qwen2-0.5b:llava", 64, "float32", "cpu", seed=0)
+    assert type(subject.model).__name__ == "LlavaForConditionalGeneration"
+    assert subject.model.config.text_config.num_hidden_layers == 24
+    assert subject.visual_tokens() == 64
+    assert "random-weight llava, qwen2-0.5b-shaped" in subject.description
