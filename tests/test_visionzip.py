@@ -320,3 +320,16 @@ def test_unsupported_models_and_videos_are_refused_before_any_work():
 def test_config_rules_name_what_is_wrong(stages, message):
     with pytest.raises(pact.ConfigError, match=message):
         pact.PactConfig.load({"stages": stages})
+
+
+@pytest.mark.parametrize("family", ["llava_siglip", "qwen2_5_vl"])
+def test_attention_formed_a_few_queries_at_a_time_is_the_same(family, monkeypatch):
+    from pact.hooks import towers
+
+    monkeypatch.setattr(towers, "QUERY_CHUNK", 3)  # many chunks, a ragged last one
+    tiny = build(family)
+    batch = tiny.inputs(ROW)
+    expected = expected_layer0(tiny.model, family, batch)
+    with pact.attached(tiny.model, config()):
+        received = layer0_input(tiny.model, lambda: tiny.model(**batch))
+    torch.testing.assert_close(received[0], expected, atol=2e-5, rtol=1e-4)

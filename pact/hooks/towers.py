@@ -43,10 +43,30 @@ class TowerRows:
     tower: TowerAttention
 
 
-def _probabilities(queries: Tensor, keys: Tensor) -> Tensor:
-    """``[H, n, n]`` float32 bidirectional softmax attention of ``[n, H, d]`` queries/keys."""
+QUERY_CHUNK = 1024
+"""Queries whose attention rows are formed at once: memory ``heads x QUERY_CHUNK x n``."""
+
+
+def _logits(queries: Tensor, keys: Tensor) -> Tensor:
+    """``[H, q, n]`` float32 scaled dot products of ``[q, H, d]`` queries and ``[n, H, d]`` keys."""
     q, k = queries.float().transpose(0, 1), keys.float().transpose(0, 1)
-    return torch.softmax(q @ k.transpose(1, 2) * q.shape[-1] ** -0.5, dim=-1)
+    return q @ k.transpose(1, 2) * q.shape[-1] ** -0.5
+
+
+def received_attention(queries: Tensor, keys: Tensor) -> Tensor:
+    """``[n]`` bidirectional softmax attention each token receives, averaged over heads and
+    queries; formed :data:`QUERY_CHUNK` queries at a time (a large image's full map would
+    not fit)."""
+    total = torch.zeros(keys.shape[0], device=keys.device)
+    for start in range(0, queries.shape[0], QUERY_CHUNK):
+        rows = torch.softmax(_logits(queries[start : start + QUERY_CHUNK], keys), dim=-1)
+        total += rows.sum(dim=(0, 1))
+    return total / (queries.shape[0] * queries.shape[1])
+
+
+def cls_attention(queries: Tensor, keys: Tensor) -> Tensor:
+    """``[n]`` softmax attention of the first token ([CLS]) to every token, summed over heads."""
+    return torch.softmax(_logits(queries[:1], keys), dim=-1)[:, 0].sum(dim=0)
 
 
 def _resolve_layer(index: int, n_layers: int, what: str) -> int:
@@ -105,10 +125,9 @@ class LlavaTower:
         drop = self.dropped
         received, cls = [], []
         for queries, keys in zip(captured.queries, captured.keys, strict=True):
-            probabilities = _probabilities(queries, keys)
-            received.append(probabilities.mean(dim=(0, 1))[drop:])
+            received.append(received_attention(queries, keys)[drop:])
             if self.has_cls:
-                cls.append(probabilities[:, 0, drop:].sum(dim=0))
+                cls.append(cls_attention(queries, keys)[drop:])
         tower = TowerAttention(torch.stack(received), torch.stack(cls) if self.has_cls else None)
         queries = captured.queries[:, drop:].transpose(1, 2)
         keys = captured.keys[:, drop:].transpose(1, 2)
@@ -177,8 +196,7 @@ class QwenTower:
         received = torch.zeros(features.shape[0], device=features.device)
         for start, end in itertools.pairwise(captured.segments.tolist()):
             span = slice(start, end)
-            probabilities = _probabilities(captured.queries[span], captured.keys[span])
-            received[span] = probabilities.mean(dim=(0, 1))
+            received[span] = received_attention(captured.queries[span], captured.keys[span])
         n_units, unit = features.shape[0] // self.unit, self.unit
         heads, head_dim = captured.keys.shape[1:]
         order = self.llm_order(grid_thw, n_units).to(features.device)
