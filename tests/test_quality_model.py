@@ -147,3 +147,37 @@ def test_euti_norm_diagnostic_matches_the_layers_own_hidden_states(model):
     assert figures["object_tokens_kept_at_half"] == pytest.approx(
         float(kept[objects].float().mean()), abs=1e-3
     )
+
+
+def test_tower_attention_diagnostic_is_the_towers_own_attention(model):
+    """benchmarks/shapes_tower_attention.py (docs/benchmarks.md's VisionZip explanation): its
+    [CLS] row equals the stock tower's eager attention map, and the kept fraction counts."""
+    import importlib.util
+    from pathlib import Path
+
+    from pact.models.shapes.model import pixel_values
+
+    path = Path(__file__).parents[1] / "benchmarks" / "shapes_tower_attention.py"
+    spec = importlib.util.spec_from_file_location("shapes_tower_attention", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    items = list(examples("test", 4))
+    pixels = pixel_values([item.scene.image for item in items])
+    scores = script.tower_scores(model, pixels)
+    tower = model.model.vision_tower
+    layers = tower.encoder.layers
+    attention = layers[-1].self_attn
+    original = attention.config._attn_implementation
+    attention.config._attn_implementation = "eager"
+    try:
+        with torch.no_grad():
+            maps = tower(pixels, output_attentions=True).attentions[-1]  # [B, H, T, T]
+    finally:
+        attention.config._attn_implementation = original
+    torch.testing.assert_close(scores["cls"], maps[:, :, 0, 1:].sum(dim=1), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(scores["mean"], maps.mean(dim=(1, 2))[:, 1:], atol=1e-6, rtol=1e-4)
+    objects = torch.zeros_like(scores["cls"], dtype=torch.bool)
+    objects[:, :3] = True
+    assert script.figures(scores["cls"], objects, keep=scores["cls"].shape[1])[
+        "object_tokens_kept"
+    ] == pytest.approx(1.0)
