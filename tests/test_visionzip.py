@@ -24,7 +24,8 @@ from pact.hooks import families
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 DOMINANT, CONTEXTUAL = 5, 3
-SUPPORTED = ("llava", "llava_siglip", "qwen2_vl", "qwen2_5_vl")
+ANYRES = ("llava_next", "llava_onevision")
+SUPPORTED = ("llava", "llava_siglip", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl")
 
 
 def config(proportional: bool = True, **stage) -> dict:
@@ -172,10 +173,72 @@ def qwen_reference(model, pixel_values, grid_thw):
     return images
 
 
-def projected(model, family: str, images: list[dict]) -> list[torch.Tensor]:
+def anyres_reference(model, batch: dict):
+    """LLaVA-NeXT/OneVision: per image, {LLM position: feature before the projector} as
+    VisionZip defines them over the image's tokens in the language model's order, and the
+    newline tokens the model adds ({position: embedding})."""
+    inner = model.model
+    seen = {}
+    hooks = [
+        inner.vision_tower.register_forward_pre_hook(lambda m, a: seen.update(pixels=a[0])),
+        inner.multi_modal_projector.register_forward_pre_hook(
+            lambda m, a: seen.update(features=a[0])
+        ),
+    ]
+    original = inner.pack_image_features
+
+    def recording(features, image_sizes, *args, **kwargs):
+        seen.update(crops=[len(f) for f in features], sizes=image_sizes, args=args, kw=kwargs)
+        return original(features, image_sizes, *args, **kwargs)
+
+    inner.pack_image_features = recording
+    try:
+        model(**batch)
+    finally:
+        del inner.pack_image_features
+        for hook in hooks:
+            hook.remove()
+    tower = inner.vision_tower
+    vision = getattr(tower, "vision_model", tower)
+    n_layers = len(vision.encoder.layers)
+    index = model.config.vision_feature_layer % (n_layers + 1) - 1
+    layer = vision.encoder.layers[index]
+    out = tower(seen["pixels"], output_hidden_states=True)
+    normed = layer.layer_norm1(out.hidden_states[index])
+    crops, tokens, _ = normed.shape
+    heads = layer.self_attn.num_heads
+    q = layer.self_attn.q_proj(normed).view(crops, tokens, heads, -1)
+    k = layer.self_attn.k_proj(normed).view(crops, tokens, heads, -1)
+    probs = (torch.einsum("bqhd,bkhd->bhqk", q, k) * q.shape[-1] ** -0.5).softmax(-1)
+    drop = 1 if model.config.vision_feature_select_strategy == "default" else 0
+    if hasattr(vision.embeddings, "class_embedding"):
+        score = probs[:, :, 0, drop:].sum(dim=1).reshape(-1)
+    else:
+        score = probs.mean(dim=(1, 2))[:, drop:].reshape(-1)
+    metric = k.mean(dim=2)[:, drop:].reshape(crops * (tokens - drop), -1)
+    features = seen["features"].reshape(-1, seen["features"].shape[-1])
+    positions = torch.arange(1, len(features) + 1, dtype=torch.float64)[:, None]
+    packed, lengths = original(
+        torch.split(positions.view(crops, -1, 1), seen["crops"]), seen["sizes"],
+        *seen["args"], **{**seen["kw"], "image_newline": torch.zeros(1, dtype=torch.float64)},
+    )  # fmt: skip
+    packed = torch.cat(list(packed)) if isinstance(packed, (list, tuple)) else packed
+    images, start = [], 0
+    for length in [int(n) for n in lengths]:
+        layout = packed[start : start + length, 0].long() - 1
+        ids = layout[layout >= 0]
+        at = torch.nonzero(layout >= 0).flatten().tolist()
+        chosen = visionzip_image(score[ids], metric[ids], features[ids])
+        newlines = {p: inner.image_newline for p in range(length) if layout[p] < 0}
+        images.append(({at[j]: value for j, value in chosen.items()}, length, newlines))
+        start += length
+    return images
+
+
+def projected(model, family: str, images: list) -> list[torch.Tensor]:
     """The stock projector (LLaVA's, or Qwen-VL's merger) applied to the kept features."""
     rows = []
-    for image, _ in images:
+    for image, *_ in images:
         stacked = torch.tensor(np.stack(list(image.values())), dtype=torch.float32)
         if family.startswith("qwen"):
             merger = model.model.visual.merger
@@ -190,6 +253,8 @@ def expected_layer0(model, family: str, batch: dict) -> torch.Tensor:
     with torch.no_grad():
         if family.startswith("qwen"):
             images = qwen_reference(model, batch["pixel_values"], batch["image_grid_thw"])
+        elif family in ("llava_next", "llava_onevision"):
+            images = anyres_reference(model, batch)
         else:
             images = llava_reference(model, batch["pixel_values"])
         features = projected(model, family, images)
@@ -198,10 +263,13 @@ def expected_layer0(model, family: str, batch: dict) -> torch.Tensor:
     image_slots = torch.nonzero(ids == model.config.image_token_id).flatten().tolist()
     keep = [s for s in range(len(ids)) if s not in image_slots]
     offset = 0
-    for (image, length), rows in zip(images, features, strict=True):
+    for (image, length, *extras), rows in zip(images, features, strict=True):
         for token, row in zip(image, rows, strict=True):
             embeds[image_slots[offset + token]] = row
             keep.append(image_slots[offset + token])
+        for position, row in (extras[0] if extras else {}).items():
+            embeds[image_slots[offset + position]] = row
+            keep.append(image_slots[offset + position])
         offset += length
     assert offset == len(image_slots)
     return embeds[sorted(keep)]
@@ -226,7 +294,12 @@ ROW = [["text:3", "image", "text:4"]]
 TWO_IMAGES = [["text:2", "image", "text:2", "image", "text:3"]]
 
 
-@pytest.mark.parametrize("rows", [ROW, TWO_IMAGES], ids=["one image", "two images"])
+TWO_SIZES = [["text:2", "image", "text:2", "image:32x48", "text:3"]]  # the smaller last
+
+
+@pytest.mark.parametrize(
+    "rows", [ROW, TWO_IMAGES, TWO_SIZES], ids=["one image", "two images", "two sizes"]
+)
 @pytest.mark.parametrize("family", SUPPORTED)
 def test_what_the_language_model_receives_is_visionzips_definition(family, rows):
     tiny = build(family)
@@ -237,9 +310,12 @@ def test_what_the_language_model_receives_is_visionzips_definition(family, rows)
         stats = handle.stats.last[0]
     assert received.shape[1] == expected.shape[0]
     torch.testing.assert_close(received[0], expected, atol=2e-5, rtol=1e-4)
-    images = rows[0].count("image")
+    images = sum(item.startswith("image") for item in rows[0])
+    text = int((batch["input_ids"][0] != tiny.model.config.image_token_id).sum())
     assert stats.after_prune[0] == DOMINANT * images
-    assert stats.after_merge[0] == (DOMINANT + CONTEXTUAL) * images
+    assert stats.after_merge[0] == expected.shape[0] - text
+    if family not in ANYRES:  # any-resolution images also keep the model's newline tokens
+        assert stats.after_merge[0] == (DOMINANT + CONTEXTUAL) * images
 
 
 SMALL = ["stages.0.keep_tokens=5", "stages.0.recycling.clusterer.clusters=3"]
@@ -257,12 +333,14 @@ def test_batch_rows_equal_rows_alone_and_detach_restores_the_model(family):
         stats = handle.stats.last[0]
         alone = [logits(tiny, row) for row in batches.alone]
     assert max_row_diff(batched, batches.real, alone) <= 1e-4
-    assert stats.after_merge == [8, 16, 0] and stats.after_prune == [5, 10, 0]
+    assert stats.after_prune == [5, 10, 0]
+    if family not in ANYRES:  # (any-resolution images keep the model's newline tokens too)
+        assert stats.after_merge == [8, 16, 0]
     assert (batched - untouched)[batches.real].abs().max() > 1e-4
     assert torch.equal(logits(tiny, batches.batch), untouched)
 
 
-@pytest.mark.parametrize("family", ["llava", "qwen2_5_vl"])
+@pytest.mark.parametrize("family", ["llava", "llava_onevision", "qwen2_5_vl"])
 def test_generate_with_the_cache_batch_rows_equal_rows_alone(family):
     tiny = build(family)
     batches = make_batches(tiny, ROWS[:2], "left")
@@ -286,11 +364,11 @@ def test_the_tower_layer_read_is_the_one_asked():
     assert not torch.equal(seen[0], seen[1])
 
 
-def test_unsupported_models_and_videos_are_refused_before_any_work():
-    tiny = tiny_model("llava_next")
-    with pytest.raises(ValueError, match=r"LLaVA-1\.5 .*Qwen2\.5-VL; not in LlavaNext"):
-        pact.attach(tiny.model, "visionzip")
-    assert pact.handle_of(tiny.model) is None
+def test_unsupported_models_and_videos_are_refused_before_any_work(tiny_decoder_config):
+    text_model = hf.Qwen2ForCausalLM(tiny_decoder_config("qwen2")).eval()
+    with pytest.raises(ValueError, match=r"LLaVA-1\.5 .*Qwen2\.5-VL; not in Qwen2ForCausalLM"):
+        pact.attach(text_model, "visionzip", visual_token_ids=[5])
+    assert pact.handle_of(text_model) is None
     qwen = tiny_model("qwen2_vl")
     batch = qwen.inputs([["text:2", "video", "text:3"]])
     with pact.attached(qwen.model, "visionzip"):

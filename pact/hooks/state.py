@@ -81,6 +81,8 @@ class Call:
     """A vision stage's capture of its tower layer (:class:`pact.hooks.towers.Captured`)."""
     grid_thw: Tensor | None = None
     """Qwen-VL: the image grid the tower ran on."""
+    image_arguments: dict | None = None
+    """Any-resolution LLaVA: what ``get_image_features`` was called with."""
     vision_plan: Any = None
     """What the vision stage decided (:class:`pact.hooks.vision.VisionPlan`), for layer 0."""
 

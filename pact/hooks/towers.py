@@ -19,8 +19,6 @@ from torch import Tensor, nn
 
 from pact.tensors import QKSource, Reduction, TowerAttention
 
-SUPPORTED = "LLaVA-1.5 (LlavaForConditionalGeneration: CLIP or SigLIP tower), Qwen2-VL, Qwen2.5-VL"
-
 
 @dataclass
 class Captured:
@@ -41,6 +39,11 @@ class TowerRows:
     padding_mask: Tensor
     qk: QKSource
     tower: TowerAttention
+    ids: list[Tensor] | None = None
+    """Any-resolution LLaVA: per image, the flat (crop, token) index of each row slot."""
+    layout: list[Tensor] | None = None
+    """Per image, the row slot at each of its language-model positions, -1 at a token the
+    model adds after the projector (a newline); None: position i is slot i."""
 
 
 QUERY_CHUNK = 1024
@@ -224,28 +227,9 @@ class QwenTower:
         n_units = features.shape[0] // self.unit
         units = features.clone().reshape(n_units, -1)
         order = self.llm_order(grid_thw, n_units).to(features.device)
-        for image, (start, _) in enumerate(self.unit_spans(grid_thw)):
-            kept = reduction.kept_mask[image]
-            slots = reduction.kept_slots[image][kept]
-            units[order[start + slots]] = reduction.hidden[image][kept].to(units.dtype)
+        for image, (start, end) in enumerate(self.unit_spans(grid_thw)):
+            # Row padding (images of different sizes) survives as non-visual slots: skip it.
+            slots = reduction.kept_slots[image]
+            kept = reduction.kept_mask[image] & (slots < end - start)
+            units[order[start + slots[kept]]] = reduction.hidden[image][kept].to(units.dtype)
         return units.view_as(features)
-
-
-TOWERS = {
-    "LlavaForConditionalGeneration": LlavaTower,
-    "Qwen2VLForConditionalGeneration": QwenTower,
-    "Qwen2_5_VLForConditionalGeneration": QwenTower,
-}
-"""The model classes whose towers a vision stage reads."""
-
-
-def tower_for(model: nn.Module, tower_layer: int | None) -> LlavaTower | QwenTower:
-    """The adapter of ``model``'s tower; an unsupported model is refused, naming the ones
-    supported."""
-    adapter = TOWERS.get(type(model).__name__)
-    if adapter is None:
-        raise ValueError(
-            f"a vision stage (place: vision) reads the vision tower's attention, which pact "
-            f"finds in {SUPPORTED}; not in {type(model).__name__}"
-        )
-    return adapter(model, tower_layer)

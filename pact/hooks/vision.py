@@ -19,8 +19,9 @@ import torch
 from torch import Tensor
 
 from pact.config import StageConfig
-from pact.hooks import towers
+from pact.hooks.anyres import AnyresTower
 from pact.hooks.state import Call
+from pact.hooks.towers import LlavaTower, QwenTower, TowerRows
 from pact.pipeline import Pipeline, stack_rows
 from pact.tensors import LayerInputs, Reduction, ReductionStats, RowReduction, StepTimes
 
@@ -44,26 +45,40 @@ class VisionPlan:
     seconds: StepTimes
 
 
-def plan_from(reduction: Reduction, padding: Tensor) -> VisionPlan:
-    """Flatten a reduction over image rows (real tokens lead each row, in the order the
-    language model receives them) into a plan."""
-    n_images = padding.shape[0]
-    keep = torch.zeros_like(padding)
-    sizes = torch.ones(padding.shape, dtype=torch.float32, device=padding.device)
-    for image in range(n_images):
+def plan_from(reduction: Reduction, rows: TowerRows) -> VisionPlan:
+    """Flatten a reduction over image rows into a plan, image after image, each image's
+    features in the order the language model receives them (``rows.layout``)."""
+    padding = rows.padding_mask
+    keep, sizes, center, image_of, offset = [], [], [], [], 0
+    for image in range(padding.shape[0]):
+        count = int(padding[image].sum())
+        layout = (
+            torch.arange(count, device=padding.device)
+            if rows.layout is None
+            else rows.layout[image].to(padding.device)
+        )
         kept = reduction.kept_mask[image]
-        keep[image, reduction.kept_slots[image][kept]] = True
-        sizes[image, reduction.kept_slots[image][kept]] = reduction.sizes[image][kept]
-    counts = padding.sum(dim=1)
-    offsets = (torch.cumsum(counts, dim=0) - counts)[:, None]
-    assignment = reduction.assignment
-    center = torch.where(assignment >= 0, assignment + offsets, -1)[padding]
-    image = torch.arange(n_images, device=padding.device)[:, None].expand_as(padding)[padding]
+        row_keep = torch.zeros(padding.shape[1], dtype=torch.bool, device=padding.device)
+        row_keep[reduction.kept_slots[image][kept]] = True
+        row_sizes = torch.ones(padding.shape[1], device=padding.device)
+        row_sizes[reduction.kept_slots[image][kept]] = reduction.sizes[image][kept]
+        token = layout >= 0
+        slot = layout.clamp(min=0)
+        position = torch.full((padding.shape[1],), -1, dtype=torch.long, device=padding.device)
+        position[layout[token]] = torch.nonzero(token).flatten()
+        folded = reduction.assignment[image, slot]
+        local = torch.where(folded >= 0, position[folded.clamp(min=0)], -1)
+        local = torch.where(token, local, torch.arange(len(layout), device=padding.device))
+        keep.append(torch.where(token, row_keep[slot], True))
+        sizes.append(torch.where(token, row_sizes[slot], 1.0))
+        center.append(torch.where(local >= 0, local + offset, -1))
+        image_of.append(torch.full_like(layout, image))
+        offset += len(layout)
     return VisionPlan(
-        keep[padding],
-        sizes[padding],
-        center,
-        image,
+        torch.cat(keep),
+        torch.cat(sizes),
+        torch.cat(center),
+        torch.cat(image_of),
         reduction.stats.after_prune,
         reduction.stats.seconds,
     )
@@ -146,7 +161,7 @@ class VisionHooks:
 
     def _validate_vision(self, stage: StageConfig) -> None:
         """Find the tower (refusing an unsupported model) before any hook is installed."""
-        self.tower = towers.tower_for(self.model, stage.tower_layer)
+        self.tower = tower_for(self.model, stage.tower_layer)
         self.vision_pipeline = Pipeline(stage)
 
     def _install_vision(self) -> list:
@@ -155,11 +170,17 @@ class VisionHooks:
             tower.attention.register_forward_pre_hook(self._capture_tower, with_kwargs=True),
             tower.projector.register_forward_pre_hook(self._reduce_features),
         ]
-        if isinstance(tower, towers.QwenTower):
+        if isinstance(tower, QwenTower):
             hooks.append(
                 tower.visual.register_forward_pre_hook(self._capture_grid, with_kwargs=True)
             )
+        if isinstance(tower, AnyresTower):
+            hooks.append(tower.install(self))
         return hooks
+
+    def record_image_arguments(self, arguments: dict) -> None:
+        """What ``get_image_features`` was called with (any-resolution LLaVA's crops)."""
+        self._vision_state().image_arguments = arguments
 
     @staticmethod
     def check_vision_call(kwargs: dict) -> None:
@@ -195,7 +216,7 @@ class VisionHooks:
         call = self._vision_state()
         hidden = args[0] if args else kwargs["hidden_states"]
         with torch.no_grad():
-            if isinstance(self.tower, towers.QwenTower):
+            if isinstance(self.tower, QwenTower):
                 call.tower = self.tower.capture(
                     hidden, kwargs["cu_seqlens"], kwargs["position_embeddings"]
                 )
@@ -211,10 +232,13 @@ class VisionHooks:
             )
         features = args[0]
         with torch.no_grad():
-            if isinstance(self.tower, towers.QwenTower):
-                rows = self.tower.rows(features, call.tower, call.grid_thw)
+            tower = self.tower
+            if isinstance(tower, QwenTower):
+                rows = tower.rows(features, call.tower, call.grid_thw)
+            elif isinstance(tower, AnyresTower):
+                rows = tower.rows(features, call.tower, call.image_arguments)
             else:
-                rows = self.tower.rows(features, call.tower)
+                rows = tower.rows(features, call.tower)
             inputs = LayerInputs(
                 rows.hidden,
                 rows.padding_mask.clone(),
@@ -223,10 +247,38 @@ class VisionHooks:
                 tower=rows.tower,
             )
             reduction = self.vision_pipeline(inputs)
-            if isinstance(self.tower, towers.QwenTower):
-                features = self.tower.write_back(features, reduction, call.grid_thw)
+            if isinstance(tower, QwenTower):
+                features = tower.write_back(features, reduction, call.grid_thw)
+            elif isinstance(tower, AnyresTower):
+                features = tower.write_back(features, reduction, rows)
             else:
-                features = self.tower.write_back(features, reduction)
-        call.vision_plan = plan_from(reduction, rows.padding_mask)
+                features = tower.write_back(features, reduction)
+        call.vision_plan = plan_from(reduction, rows)
         call.tower = None
         return (features, *args[1:])
+
+
+SUPPORTED = (
+    "LLaVA-1.5 (LlavaForConditionalGeneration: CLIP or SigLIP tower), LLaVA-NeXT, "
+    "LLaVA-OneVision (images), Qwen2-VL, Qwen2.5-VL"
+)
+TOWERS = {
+    "LlavaForConditionalGeneration": LlavaTower,
+    "LlavaNextForConditionalGeneration": AnyresTower,
+    "LlavaOnevisionForConditionalGeneration": AnyresTower,
+    "Qwen2VLForConditionalGeneration": QwenTower,
+    "Qwen2_5_VLForConditionalGeneration": QwenTower,
+}
+"""The model classes whose towers a vision stage reads."""
+
+
+def tower_for(model, tower_layer: int | None) -> LlavaTower | QwenTower:
+    """The adapter of ``model``'s tower; an unsupported model is refused, naming the ones
+    supported."""
+    adapter = TOWERS.get(type(model).__name__)
+    if adapter is None:
+        raise ValueError(
+            f"a vision stage (place: vision) reads the vision tower's attention, which pact "
+            f"finds in {SUPPORTED}; not in {type(model).__name__}"
+        )
+    return adapter(model, tower_layer)
