@@ -93,8 +93,10 @@ def visionzip_image(score, metric, features, dominant=DOMINANT, contextual=CONTE
     return dict(sorted(kept.items()))
 
 
-def llava_reference(model, pixel_values):
-    """Per image, {token: feature before the projector} as VisionZip defines them."""
+def tower_signals(model, pixel_values):
+    """Per tower row (image or crop): VisionZip's score ([CLS] row summed over heads, or the
+    attention received averaged over heads and queries) and metric (head-mean keys) of the
+    tokens sent on, from the stock modules' weights; and the tower's output."""
     tower = model.model.vision_tower
     vision = getattr(tower, "vision_model", tower)
     settings = model.config
@@ -109,14 +111,24 @@ def llava_reference(model, pixel_values):
     k = layer.self_attn.k_proj(normed).view(batch, tokens, heads, -1)
     probs = (torch.einsum("bqhd,bkhd->bhqk", q, k) * q.shape[-1] ** -0.5).softmax(-1)
     drop = 1 if settings.vision_feature_select_strategy == "default" else 0
-    features = out.hidden_states[settings.vision_feature_layer][:, drop:]
     if hasattr(vision.embeddings, "class_embedding"):
         score = probs[:, :, 0, drop:].sum(dim=1)
     else:
         score = probs.mean(dim=(1, 2))[:, drop:]
-    metric = k.mean(dim=2)[:, drop:]
+    return (
+        score,
+        k.mean(dim=2)[:, drop:],
+        out.hidden_states[settings.vision_feature_layer][:, drop:],
+    )
+
+
+def llava_reference(model, pixel_values):
+    """Per image, {token: feature before the projector} as VisionZip defines them."""
+    score, metric, features = tower_signals(model, pixel_values)
     n = features.shape[1]
-    return [(visionzip_image(score[b], metric[b], features[b]), n) for b in range(batch)]
+    return [
+        (visionzip_image(score[b], metric[b], features[b]), n) for b in range(features.shape[0])
+    ]
 
 
 def rotate_half(x):
@@ -198,24 +210,9 @@ def anyres_reference(model, batch: dict):
         del inner.pack_image_features
         for hook in hooks:
             hook.remove()
-    tower = inner.vision_tower
-    vision = getattr(tower, "vision_model", tower)
-    n_layers = len(vision.encoder.layers)
-    index = model.config.vision_feature_layer % (n_layers + 1) - 1
-    layer = vision.encoder.layers[index]
-    out = tower(seen["pixels"], output_hidden_states=True)
-    normed = layer.layer_norm1(out.hidden_states[index])
-    crops, tokens, _ = normed.shape
-    heads = layer.self_attn.num_heads
-    q = layer.self_attn.q_proj(normed).view(crops, tokens, heads, -1)
-    k = layer.self_attn.k_proj(normed).view(crops, tokens, heads, -1)
-    probs = (torch.einsum("bqhd,bkhd->bhqk", q, k) * q.shape[-1] ** -0.5).softmax(-1)
-    drop = 1 if model.config.vision_feature_select_strategy == "default" else 0
-    if hasattr(vision.embeddings, "class_embedding"):
-        score = probs[:, :, 0, drop:].sum(dim=1).reshape(-1)
-    else:
-        score = probs.mean(dim=(1, 2))[:, drop:].reshape(-1)
-    metric = k.mean(dim=2)[:, drop:].reshape(crops * (tokens - drop), -1)
+    score, metric, _ = tower_signals(model, seen["pixels"])
+    crops = score.shape[0]
+    score, metric = score.reshape(-1), metric.reshape(-1, metric.shape[-1])
     features = seen["features"].reshape(-1, seen["features"].shape[-1])
     positions = torch.arange(1, len(features) + 1, dtype=torch.float64)[:, None]
     packed, lengths = original(
