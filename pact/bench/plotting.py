@@ -17,13 +17,22 @@ def figure(columns: int = 1):
 
 
 def save(fig, axes, path: str | Path) -> None:
-    """Grid, legend outside the data, PNG at ``path``; the figure is closed after."""
+    """Grid, a legend (right of the axes when long), PNG at ``path``; the figure is closed
+    after."""
     import matplotlib.pyplot as plt
 
+    outside = False
     for axis in axes if hasattr(axes, "__len__") else [axes]:
         axis.grid(True, which="both", alpha=0.3)
-        if axis.get_legend_handles_labels()[0]:
+        entries = len(axis.get_legend_handles_labels()[0])
+        if entries > 8:  # a long legend would hide curves: put it right of the axes
+            axis.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+            outside = True
+        elif entries:
             axis.legend(fontsize="small")
+    if outside:  # widen the figure by the legend's column, keeping the axes' size
+        width, height = fig.get_size_inches()
+        fig.set_size_inches(width + 2.6, height)
     fig.tight_layout()
-    fig.savefig(Path(path), format="png", dpi=120)
+    fig.savefig(Path(path), format="png", dpi=120, bbox_inches="tight" if outside else None)
     plt.close(fig)

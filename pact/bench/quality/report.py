@@ -152,7 +152,7 @@ def plot(report: dict, path: str | Path) -> None:
     from pact.bench.plotting import figure, save
 
     fig, axis = figure()
-    palette = matplotlib.colormaps["tab20"]  # 16 methods: tab10's colours would repeat
+    palette = matplotlib.colormaps["tab20"]  # 18 methods: tab10's colours would repeat
     for index, method in enumerate(dict.fromkeys(row["method"] for row in report["rows"])):
         rows = sorted((r for r in report["rows"] if r["method"] == method), key=x_value)
         xs = [0.0, *(x_value(r) for r in rows)]
