@@ -10,61 +10,25 @@ import itertools
 import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    PlainValidator,
-    SerializeAsAny,
     ValidationError,
     model_validator,
 )
-from pydantic_core import PydanticCustomError
 
-from pact.clusterers.base import ClustererConfig
-from pact.component import ComponentConfig
-from pact.errors import ConfigError, UnknownComponentError
-from pact.mergers.base import MergerConfig, PositionMode
+from pact.config_fields import ClustererField, MergerField, ScorerField, default_component
+from pact.config_text import is_file, parse_text, set_path
+from pact.errors import ConfigError
+from pact.mergers.base import PositionMode
 from pact.presets import list_presets, preset_dict
-from pact.registry import CLUSTERERS, MERGERS, SCORERS, Registry
-from pact.scorers.base import ScorerConfig
+from pact.registry import CLUSTERERS, MERGERS, SCORERS
 
 FeatureSource = Literal["keys_rope", "keys", "keys_mean", "hidden"]
-
-
-def _dispatch(registry: Registry):
-    """Validator that picks the component config class by the ``name`` tag."""
-
-    def validate(value: Any) -> ComponentConfig:
-        if isinstance(value, str):  # shorthand: `clusterer: dbdpc`
-            value = {"name": value}
-        if isinstance(value, ComponentConfig):
-            value = value.model_dump()
-        if not isinstance(value, Mapping) or not isinstance(value.get("name"), str):
-            raise PydanticCustomError(
-                "component",
-                "expected a {kind} name or a mapping with a 'name' key; known {kind}s: {known}",
-                {"kind": registry.kind, "known": ", ".join(registry.names())},
-            )
-        try:
-            cls = registry.get(value["name"])
-        except UnknownComponentError as error:
-            raise PydanticCustomError("unknown_component", str(error)) from None
-        return cls.Config.model_validate(dict(value))
-
-    return PlainValidator(validate, json_schema_input_type=dict[str, Any])
-
-
-ScorerField = Annotated[SerializeAsAny[ScorerConfig], _dispatch(SCORERS)]
-ClustererField = Annotated[SerializeAsAny[ClustererConfig], _dispatch(CLUSTERERS)]
-MergerField = Annotated[SerializeAsAny[MergerConfig], _dispatch(MERGERS)]
-
-
-def _default(registry: Registry, name: str):
-    return lambda: registry.get(name).Config(name=name)
 
 
 class RecyclingConfig(BaseModel):
@@ -77,7 +41,7 @@ class RecyclingConfig(BaseModel):
     fraction: float = Field(0.3, gt=0.0, le=1.0)
     """Share of the pruned tokens recycled, best scores first: ``floor(fraction x pruned) +
     1`` of them, at most all (SparseVLM: 0.3; VisionZip: 1, every pruned token)."""
-    clusterer: ClustererField = Field(default_factory=_default(CLUSTERERS, "dpc_knn"))
+    clusterer: ClustererField = Field(default_factory=default_component(CLUSTERERS, "dpc_knn"))
     """Clusterer grouping the recycled tokens (on the stage's ``cluster_on`` vectors); each
     cluster becomes one token at its center's slot. Default: ``dpc_knn``, SparseVLM's
     (``recycling: {}`` is SparseVLM's recycling)."""
@@ -110,9 +74,9 @@ class StageConfig(BaseModel):
     of ``keep_ratio``: the budgets papers report (64, 128, 192 per image). An image is a run of
     consecutive visual tokens, so the count is exact per image for any-resolution images and
     for every image of a multi-image row."""
-    clusterer: ClustererField = Field(default_factory=_default(CLUSTERERS, "none"))
+    clusterer: ClustererField = Field(default_factory=default_component(CLUSTERERS, "none"))
     """Clusterer grouping the kept visual tokens; ``none``: no merging."""
-    merger: MergerField = Field(default_factory=_default(MERGERS, "mean"))
+    merger: MergerField = Field(default_factory=default_component(MERGERS, "mean"))
     """Merger folding each cluster into one token."""
     cluster_on: FeatureSource = "keys_rope"
     """Vectors distances are measured on: layer keys after RoPE (PACT), before, their mean over
@@ -302,16 +266,16 @@ def source_to_dict(source: Any) -> dict[str, Any]:
     if isinstance(source, Mapping):
         return json.loads(json.dumps(source))  # a deep copy that overrides may edit
     if isinstance(source, str) and source.lstrip().startswith("{"):
-        return _parse_text(source, "config text")  # one-line JSON or YAML flow mapping
+        return parse_text(source, "config text")  # one-line JSON or YAML flow mapping
     if isinstance(source, Path) or (isinstance(source, str) and "\n" not in source):
         path = Path(source)
-        if path.suffix in {".yaml", ".yml", ".json"} or _is_file(path):
-            if not _is_file(path):
+        if path.suffix in {".yaml", ".yml", ".json"} or is_file(path):
+            if not is_file(path):
                 raise ConfigError(
                     f"config file {str(path)!r} does not exist; presets: "
                     f"{', '.join(list_presets())}"
                 )
-            return _parse_text(path.read_text(encoding="utf-8"), str(path))
+            return parse_text(path.read_text(encoding="utf-8"), str(path))
         if str(source) in list_presets():
             return preset_dict(str(source))
         raise ConfigError(
@@ -319,34 +283,11 @@ def source_to_dict(source: Any) -> dict[str, Any]:
             f"presets: {', '.join(list_presets())}"
         )
     if isinstance(source, str):
-        return _parse_text(source, "config text")
+        return parse_text(source, "config text")
     raise ConfigError(
         f"config must be a PactConfig, a mapping, a file path or a preset name; got "
         f"{type(source).__name__}"
     )
-
-
-def _is_file(path: Path) -> bool:
-    """``path.is_file()``, False where the OS refuses the name (e.g. too long to be a path)."""
-    try:
-        return path.is_file()
-    except OSError:
-        return False
-
-
-def _parse_text(text: str, origin: str) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(text)  # JSON is YAML
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{origin}: not valid YAML or JSON: {error}") from None
-    if data is None:
-        raise ConfigError(
-            f"{origin} is empty; write 'stages: []' (or use the preset 'none') for the "
-            "unchanged model"
-        )
-    if not isinstance(data, dict):
-        raise ConfigError(f"{origin}: the top level must be a mapping; got {type(data).__name__}")
-    return data
 
 
 def format_errors(error: ValidationError, origin: str, data: Any = None) -> str:
@@ -415,41 +356,5 @@ def apply_override(data: dict[str, Any], override: str) -> dict[str, Any]:
         keys = ["stages", "*", *keys]
     value = yaml.safe_load(raw) if raw.strip() else None
     data = json.loads(json.dumps(data))
-    _set_path(data, keys, value, override)
+    set_path(data, keys, value, override)
     return data
-
-
-def _set_path(node: Any, keys: list[str], value: Any, override: str) -> None:
-    key, rest = keys[0], keys[1:]
-    if isinstance(node, list):
-        for index in _list_indices(node, key, override):
-            if rest:
-                _set_path(node[index], rest, value, override)
-            else:
-                node[index] = value
-        return
-    if not isinstance(node, dict):
-        raise ConfigError(f"override {override!r}: cannot descend into {node!r} at {key!r}")
-    if not rest:
-        if key == "name" and node.get("name") not in (None, value):
-            node.clear()  # a different component: drop the old one's settings
-        node[key] = value
-        return
-    child = node.get(key)
-    if isinstance(child, str):  # component shorthand `clusterer: dbdpc`
-        child = node[key] = {"name": child}
-    if child is None:
-        child = node[key] = {}
-    _set_path(child, rest, value, override)
-
-
-def _list_indices(node: list, key: str, override: str) -> list[int]:
-    if key == "*":
-        if not node:
-            raise ConfigError(f"override {override!r}: the config has no stage to apply it to")
-        return list(range(len(node)))
-    if not key.isdigit() or int(key) >= len(node):
-        raise ConfigError(
-            f"override {override!r}: {key!r} is not an index of a list of {len(node)} item(s)"
-        )
-    return [int(key)]

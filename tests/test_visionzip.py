@@ -8,6 +8,7 @@ receive; the test reads that from a hook placed after pact's.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import itertools
 import sys
@@ -408,3 +409,86 @@ def test_attention_formed_a_few_queries_at_a_time_is_the_same(family, monkeypatc
     with pact.attached(tiny.model, config()):
         received = layer0_input(tiny.model, lambda: tiny.model(**batch))
     torch.testing.assert_close(received[0], expected, atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl", "llava_next"])
+def test_beam_search_repeats_each_rows_plan_and_rows_equal_rows_alone(family):
+    """generate repeats each row for its beams after encoding the images once."""
+    tiny = build(family)
+    batches = make_batches(tiny, ROWS[:2], "left")
+    options = {"num_beams": 2, "num_return_sequences": 2}
+    with pact.attached(tiny.model, "visionzip", overrides=SMALL) as handle:
+        batched = greedy(tiny, batches.batch, **options)
+        stats = handle.stats.last[0]
+        alone = [greedy(tiny, row, **options) for row in batches.alone]
+    assert stats.after_prune == [5, 5, 10, 10]
+    for row, single in enumerate(alone):
+        for beam in range(2):
+            mine = batched.sequences[2 * row + beam, -4:]
+            assert torch.equal(mine, single.sequences[beam, -4:]), (row, beam)
+
+
+def test_chunked_prefill_is_refused_before_the_tower_runs():
+    tiny = build("llava")
+    batch = tiny.inputs(ROW)
+    attached = pact.attached(tiny.model, "visionzip", overrides=SMALL)
+    with attached, pytest.raises(ValueError, match="prefill_chunk_size"):
+        greedy(tiny, batch, new_tokens=1, prefill_chunk_size=4)
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "llava_next"])
+def test_a_deep_copy_has_its_own_vision_stage(family):
+    tiny = build(family)
+    batch = tiny.inputs(TWO_SIZES)
+    untouched = logits(tiny, batch)
+    handle = pact.attach(tiny.model, "visionzip", overrides=SMALL)
+    reduced = logits(tiny, batch)
+    clone = dataclasses.replace(tiny, model=copy.deepcopy(tiny.model))
+    copied = pact.handle_of(clone.model)
+    assert copied is not None and copied is not handle
+    handle.detach()
+    assert torch.equal(logits(clone, batch), reduced)  # the copy still reduces, on its own
+    assert torch.equal(logits(tiny, batch), untouched)
+    copied.detach()
+    assert torch.equal(logits(clone, batch), untouched)
+    assert "get_image_features" not in vars(clone.model.model)
+
+
+def test_a_users_own_get_image_features_keeps_running_and_comes_back():
+    tiny = build("llava_onevision")
+    inner = tiny.model.model
+    calls = []
+
+    def mine(*args, **kwargs):
+        calls.append(1)
+        return type(inner).get_image_features(inner, *args, **kwargs)
+
+    inner.get_image_features = mine
+    batch = tiny.inputs(ROW)
+    with pact.attached(tiny.model, "visionzip", overrides=SMALL):
+        logits(tiny, batch)
+    assert calls == [1] and vars(inner)["get_image_features"] is mine
+
+
+@pytest.mark.parametrize(
+    ("family", "scorer"), [("llava_next", "attention"), ("llava", "euti"), ("qwen2_vl", "euti")]
+)
+def test_scorers_that_read_queries_get_the_towers_or_a_clear_error(family, scorer):
+    tiny = build(family)
+    batch = tiny.inputs(ROW)
+    stage = {"stages": [{"place": "vision", "scorer": scorer, "keep_tokens": 5}]}
+    with pact.attached(tiny.model, stage) as handle:
+        if family.startswith("qwen"):
+            with pytest.raises(ValueError, match="no query of their own"):
+                logits(tiny, batch)
+            return
+        seen = {}
+        pipeline = handle.vision_pipeline
+
+        def spy(inputs):
+            seen["queries"], seen["keys"] = inputs.qk.get(rotary=False)
+            return pipeline(inputs)
+
+        handle.vision_pipeline = spy
+        logits(tiny, batch)
+    assert not torch.equal(seen["queries"], seen["keys"])

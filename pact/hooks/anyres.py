@@ -30,6 +30,8 @@ class RecordedArguments:
 
     def __init__(self, inner: nn.Module, handle: Any):
         self.inner, self.handle = inner, handle
+        # A user's own instance-level replacement keeps running, and comes back at detach.
+        self.previous = vars(inner).get("get_image_features")
         self.__signature__ = inspect.signature(type(inner).get_image_features)
         self.__signature__ = self.__signature__.replace(
             parameters=list(self.__signature__.parameters.values())[1:]
@@ -39,11 +41,16 @@ class RecordedArguments:
     def __call__(self, *args, **kwargs):
         bound = self.__signature__.bind_partial(*args, **kwargs)
         self.handle.record_image_arguments(dict(bound.arguments))
+        if self.previous is not None:
+            return self.previous(*args, **kwargs)
         return type(self.inner).get_image_features(self.inner, *args, **kwargs)
 
     def remove(self) -> None:
         if vars(self.inner).get("get_image_features") is self:
-            del self.inner.get_image_features
+            if self.previous is None:
+                del self.inner.get_image_features
+            else:
+                object.__setattr__(self.inner, "get_image_features", self.previous)
 
 
 class AnyresTower(LlavaTower):
@@ -53,7 +60,11 @@ class AnyresTower(LlavaTower):
         super().__init__(model, tower_layer)
         self.inner = model.model
         self.config = model.config
-        self.module = sys.modules[type(self.inner).__module__]
+
+    @property
+    def module(self):
+        """The model's modelling module (looked up: a module cannot be deep-copied)."""
+        return sys.modules[type(self.inner).__module__]
 
     def install(self, handle: Any) -> RecordedArguments:
         return RecordedArguments(self.inner, handle)
@@ -117,6 +128,7 @@ class AnyresTower(LlavaTower):
         received_flat = torch.cat(received)
         cls_flat = torch.cat(cls) if self.has_cls else None
         keys_flat = captured.keys[:, drop:].reshape(-1, *captured.keys.shape[2:])
+        queries_flat = captured.queries[:, drop:].reshape(-1, *captured.queries.shape[2:])
         flat = features.reshape(-1, features.shape[-1])
         layouts = self.layouts(features.shape[0], tokens, arguments)
         ids = [layout[layout >= 0] for layout in layouts]
@@ -124,6 +136,7 @@ class AnyresTower(LlavaTower):
         device = features.device
         hidden = flat.new_zeros(len(ids), longest, flat.shape[1])
         keys = keys_flat.new_zeros(len(ids), keys_flat.shape[1], longest, keys_flat.shape[2])
+        queries = torch.zeros_like(keys)
         scores = torch.zeros(len(ids), longest, device=device)
         cls_scores = torch.zeros(len(ids), longest, device=device) if self.has_cls else None
         padding = torch.zeros(len(ids), longest, dtype=torch.bool, device=device)
@@ -132,11 +145,12 @@ class AnyresTower(LlavaTower):
             count = row.numel()
             hidden[image, :count] = flat[row]
             keys[image, :, :count] = keys_flat[row].transpose(0, 1)
+            queries[image, :, :count] = queries_flat[row].transpose(0, 1)
             scores[image, :count] = received_flat[row]
             if cls_scores is not None:
                 cls_scores[image, :count] = cls_flat[row]
             padding[image, :count] = True
-        qk = QKSource.from_tensors(keys, keys)  # the stage reads keys only (VisionZip's metric)
+        qk = QKSource.from_tensors(queries, keys)
         # A newline the model adds is kept: -1 in the layout; a token is its row slot.
         slots = []
         for layout in layouts:

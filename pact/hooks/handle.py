@@ -273,7 +273,7 @@ class PactHandle(CallHooks, VisionHooks):
         caches.check_implementation(implementation)
         caches.check_supported(caches.cache_of(kwargs))
         if self.vision_stage is not None:
-            self.check_vision_call(kwargs)
+            self.check_vision_call(kwargs, settings)
         return type(self.model).generate(self.model, *args, **kwargs)
 
     def _follow_attention_choice(self) -> None:

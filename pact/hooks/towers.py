@@ -31,6 +31,26 @@ class Captured:
     """Qwen-VL: cumulative lengths of the spans that attend to each other at that layer."""
 
 
+class TokenKeys(QKSource):
+    """Keys of merged-patch tokens (Qwen-VL: a token's 2x2 patches side by side); such a
+    token has no query of its own, so asking for queries is an error naming the cause."""
+
+    def __init__(self, keys: Tensor):
+        super().__init__(self._refuse)
+        self._keys = keys
+
+    @staticmethod
+    def _refuse(rotary: bool):
+        raise ValueError(
+            "a vision stage on Qwen-VL sees merged 2x2-patch tokens, which have no query of "
+            "their own: use a scorer that reads the tower's attention, keys or features "
+            "(visionzip, divprune, norm, random)"
+        )
+
+    def keys(self, rotary: bool) -> Tensor:
+        return self._keys
+
+
 @dataclass
 class TowerRows:
     """The projector's input as a vision stage's rows (padded at the end)."""
@@ -154,7 +174,6 @@ class QwenTower:
         self.projector = self.visual.merger
         self.unit = self.visual.spatial_merge_size**2
         self.has_cls = False
-        self.module = sys.modules[type(self.visual).__module__]
         blocks = self.visual.blocks
         if tower_layer is None:
             full = getattr(self.visual, "fullatt_block_indexes", None)
@@ -162,6 +181,12 @@ class QwenTower:
         self.layer = _resolve_layer(tower_layer, len(blocks), "tower_layer")
         self.attention = blocks[self.layer].attn
         self.windowed = hasattr(self.visual, "window_size")
+
+    @property
+    def module(self):
+        """The tower's modelling module (its rotary and window functions). Looked up, not
+        stored: a module object cannot be deep-copied with the model."""
+        return sys.modules[type(self.visual).__module__]
 
     def capture(self, hidden: Tensor, segments: Tensor, embeddings) -> Captured:
         attention = self.attention
@@ -220,8 +245,7 @@ class QwenTower:
             keys[image, :, :count] = unit_keys[start:end].transpose(0, 1)
             scores[image, :count] = unit_scores[start:end]
             padding[image, :count] = True
-        qk = QKSource.from_tensors(keys, keys)  # the stage reads keys only (VisionZip's metric)
-        return TowerRows(hidden, padding, qk, TowerAttention(scores))
+        return TowerRows(hidden, padding, TokenKeys(keys), TowerAttention(scores))
 
     def write_back(self, features: Tensor, reduction: Reduction, grid_thw: Tensor) -> Tensor:
         n_units = features.shape[0] // self.unit

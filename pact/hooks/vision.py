@@ -84,6 +84,39 @@ def plan_from(reduction: Reduction, rows: TowerRows) -> VisionPlan:
     )
 
 
+def expanded(plan: VisionPlan, counts: list[int]) -> VisionPlan:
+    """The plan for rows that ``generate`` repeated (beams, several returned sequences):
+    each row ``k`` times in place, its images' features with it. ``counts``: visual tokens
+    per row of the repeated batch."""
+    planned = plan.keep.numel()
+    total = sum(counts)
+    copies = total // planned if planned else 0
+    if not copies or total % planned or len(counts) % copies:
+        raise ValueError(
+            f"the vision stage planned {planned} image features but the sequence has {total} "
+            "visual tokens (videos, or features not from this forward?)"
+        )
+    image_sizes = torch.bincount(plan.image, minlength=len(plan.after_prune)).tolist()
+    spans, image = [], 0  # per original row: (first feature, end, first image, end image)
+    for count in counts[::copies]:
+        start_feature, start_image, taken = sum(image_sizes[:image]), image, 0
+        while taken < count and image < len(image_sizes):
+            taken, image = taken + image_sizes[image], image + 1
+        if taken != count:
+            raise ValueError("the vision stage's images do not fill the repeated rows")
+        spans.append((start_feature, start_feature + count, start_image, image))
+    parts, after_prune, offset, images = [], [], 0, 0
+    for start, end, first, last in (span for span in spans for _ in range(copies)):
+        center = plan.center[start:end]
+        parts.append((plan.keep[start:end], plan.sizes[start:end],
+                      torch.where(center >= 0, center - start + offset, -1),
+                      plan.image[start:end] - first + images))  # fmt: skip
+        after_prune += plan.after_prune[first:last]
+        offset, images = offset + end - start, images + last - first
+    keep, sizes, centers, image_of = (torch.cat(column) for column in zip(*parts, strict=True))
+    return VisionPlan(keep, sizes, centers, image_of, after_prune, plan.seconds)
+
+
 class PlannedStage:
     """Layer 0's side of a vision stage: applies the plan made on the vision side."""
 
@@ -100,11 +133,9 @@ class PlannedStage:
                 "a vision stage reduces the images the model encodes in this forward; this one "
                 "has image tokens but encoded no image (pass pixel_values, not inputs_embeds)"
             )
+        counts = visual.sum(dim=1).tolist()
         if total != plan.keep.numel():
-            raise ValueError(
-                f"the vision stage planned {plan.keep.numel()} image features but the sequence "
-                f"has {total} visual tokens (videos, or features not from this forward?)"
-            )
+            plan = expanded(plan, counts)
         device = inputs.hidden.device
         plan = VisionPlan(
             *(v.to(device) if isinstance(v, Tensor) else v for v in vars(plan).values())
@@ -183,12 +214,19 @@ class VisionHooks:
         self._vision_state().image_arguments = arguments
 
     @staticmethod
-    def check_vision_call(kwargs: dict) -> None:
-        """Refuse, before the tower runs, what a vision stage does not reduce."""
+    def check_vision_call(kwargs: dict, settings=None) -> None:
+        """Refuse, before the tower runs, what a vision stage does not reduce (``settings``:
+        the generation config of a ``generate`` call)."""
         if kwargs.get("pixel_values_videos") is not None:
             raise ValueError(
                 "a vision stage (place: vision) reduces images; this call passes "
                 "pixel_values_videos (use a decoder stage for videos)"
+            )
+        chunk = kwargs.get("prefill_chunk_size", getattr(settings, "prefill_chunk_size", None))
+        if chunk:
+            raise ValueError(
+                "prefill_chunk_size splits the prompt across forwards, but a vision stage "
+                "reduces all of an image's tokens in one; generate without it"
             )
 
     def _vision_state(self) -> Call:
