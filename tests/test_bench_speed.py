@@ -182,3 +182,16 @@ def test_a_shaped_model_takes_another_family_for_a_vision_stage():
     assert subject.model.config.text_config.num_hidden_layers == 24
     assert subject.visual_tokens() == 64
     assert "random-weight llava, qwen2-0.5b-shaped" in subject.description
+
+
+def test_visionzips_token_count_is_tuned_to_the_target_ratio():
+    from pact.bench.tuning import tunable, tune_knob
+    from pact.models.shaped import load
+
+    subject = load("tiny:llava", 0, "float32", "cpu", seed=0)  # one 64-token image
+    assert tunable("visionzip")
+    knob, value, got, tries = tune_knob(subject.model, subject.batch, "visionzip", 0.6, 7)
+    assert knob == "keep_tokens" and isinstance(value, int)
+    assert got == pytest.approx(1 - (value + 10) / 64)  # dominant + the preset's 10 contextual
+    assert abs(got - 0.6) <= 1 / 64 + 1e-9  # one token of the image is the finest step
+    assert all(isinstance(tried, int) for tried, _ in tries)

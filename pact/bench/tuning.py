@@ -58,7 +58,8 @@ TOME_STAGES = 8  # the tome preset: one stage per layer 0..7
 
 def tunable(preset: str) -> bool:
     """Whether ``preset`` has a knob that :func:`tune_method` or :func:`tune_knob` tunes."""
-    return preset in METHOD_KNOBS or STRENGTHS.get(preset, (None,))[0] in KNOB_TUNING
+    knob = STRENGTHS.get(preset, (None,))[0]
+    return preset in METHOD_KNOBS or knob in KNOB_TUNING or knob == "keep_tokens"
 
 
 def method_config(method: str, value: float, cutoff: float | None = None) -> PactConfig:
@@ -164,6 +165,8 @@ def tune_knob(model, batch: dict, preset: str, target: float, steps: int):
     """``(knob, value, removal, tries)``: ``preset``'s :data:`STRENGTHS` knob, tuned with the
     guess and bounds of :data:`KNOB_TUNING` to remove about ``target`` of the visual tokens."""
     knob = STRENGTHS[preset][0]
+    if knob == "keep_tokens":
+        return (knob, *_tune_token_count(model, batch, preset, target, steps))
     guess, bounds, increasing = KNOB_TUNING[knob]
 
     def measure(value: float) -> float:
@@ -171,3 +174,18 @@ def tune_knob(model, batch: dict, preset: str, target: float, steps: int):
 
     value, got, tries = tune(measure, guess(target), bounds, target, steps, increasing)
     return knob, value, got, tries
+
+
+def _tune_token_count(model, batch: dict, preset: str, target: float, steps: int):
+    """``(value, removal, tries)`` of a per-image token count (VisionZip's dominant tokens):
+    whole numbers from 1 to the visual tokens of the batch's first row."""
+    with attached(model, PactConfig.load(preset, ["keep_tokens=1"])) as handle, torch.no_grad():
+        model(**batch, logits_to_keep=1)
+        tokens = handle.stats.last[0].visual_in[0]
+
+    def measure(value: float) -> float:
+        config = PactConfig.load(preset, [f"keep_tokens={max(1, round(value))}"])
+        return removal(model, batch, config)
+
+    value, got, tries = tune(measure, (1.0 - target) * tokens, (1, tokens), target, steps, False)
+    return max(1, round(value)), got, [[max(1, round(v)), r] for v, r in tries]
