@@ -320,8 +320,8 @@ def _add_quality(commands) -> None:
         "synthetic VQA task, with the shipped trained model: accuracy relative to the "
         "unreduced model, measured reduction ratio, and a plot of one against the other. "
         f"The default run ({len(DEFAULT_METHODS)} methods x {len(DEFAULT_RATIOS)} ratios x 1000 "
-        f"questions) takes about 11 minutes on 2 CPU threads; --methods all ({len(METHODS)} "
-        "methods): the 15 before sparsevlm took 13.",
+        f"questions) takes about 5 minutes on 2 CPU threads; --methods all ({len(METHODS)} "
+        "methods) about 8.",
     )
     parser.add_argument("--methods", default=",".join(DEFAULT_METHODS), metavar="A,B",
                         help=f"comma list of methods, or all: {', '.join(METHODS)} "
