@@ -31,7 +31,7 @@ def tower_scores(model, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
     try:
         with torch.no_grad():
             model.model.vision_tower(pixels)
-            captured = tower.capture(seen[0])
+            captured = tower.capture((seen[0],), {})
     finally:
         hook.remove()
     pairs = list(zip(captured.queries, captured.keys, strict=True))

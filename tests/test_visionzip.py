@@ -364,7 +364,11 @@ def test_the_tower_layer_read_is_the_one_asked():
 
 def test_unsupported_models_and_videos_are_refused_before_any_work(tiny_decoder_config):
     text_model = hf.Qwen2ForCausalLM(tiny_decoder_config("qwen2")).eval()
-    with pytest.raises(ValueError, match=r"LLaVA-1\.5 .*Qwen2\.5-VL; not in Qwen2ForCausalLM"):
+    with pytest.raises(
+        ValueError,
+        match=r"LLaVA-1\.5, LLaVA-NeXT, LLaVA-OneVision, Qwen2-VL, Qwen2\.5-VL; "
+        r"not in Qwen2ForCausalLM",
+    ):
         pact.attach(text_model, "visionzip", visual_token_ids=[5])
     assert pact.handle_of(text_model) is None
     qwen = tiny_model("qwen2_vl")

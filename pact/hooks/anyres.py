@@ -17,8 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from pact.hooks.towers import Captured, LlavaTower, TowerRows, cls_attention, received_attention
-from pact.tensors import QKSource, Reduction, TowerAttention
+from pact.hooks.towers import LlavaTower, TowerTokens
 
 
 class RecordedArguments:
@@ -66,8 +65,9 @@ class AnyresTower(LlavaTower):
         """The model's modelling module (looked up: a module cannot be deep-copied)."""
         return sys.modules[type(self.inner).__module__]
 
-    def install(self, handle: Any) -> RecordedArguments:
-        return RecordedArguments(self.inner, handle)
+    def install(self, handle: Any) -> list:
+        """The crops' count and packing come from ``get_image_features``'s arguments."""
+        return [RecordedArguments(self.inner, handle)]
 
     def crops(self, arguments: dict) -> list[int]:
         """Crops of each image, as the model counts them."""
@@ -118,53 +118,15 @@ class AnyresTower(LlavaTower):
         flat = values.long() - 1
         return list(torch.split(flat, [int(n) for n in lengths]))
 
-    def rows(self, features: Tensor, captured: Captured, arguments: dict) -> TowerRows:
-        drop, tokens = self.dropped, features.shape[1]
-        received, cls = [], []
-        for queries, keys in zip(captured.queries, captured.keys, strict=True):
-            received.append(received_attention(queries, keys)[drop:])
-            if self.has_cls:
-                cls.append(cls_attention(queries, keys)[drop:])
-        received_flat = torch.cat(received)
-        cls_flat = torch.cat(cls) if self.has_cls else None
-        keys_flat = captured.keys[:, drop:].reshape(-1, *captured.keys.shape[2:])
-        queries_flat = captured.queries[:, drop:].reshape(-1, *captured.queries.shape[2:])
-        flat = features.reshape(-1, features.shape[-1])
-        layouts = self.layouts(features.shape[0], tokens, arguments)
-        ids = [layout[layout >= 0] for layout in layouts]
-        longest = max(len(row) for row in ids)
-        device = features.device
-        hidden = flat.new_zeros(len(ids), longest, flat.shape[1])
-        keys = keys_flat.new_zeros(len(ids), keys_flat.shape[1], longest, keys_flat.shape[2])
-        queries = torch.zeros_like(keys)
-        scores = torch.zeros(len(ids), longest, device=device)
-        cls_scores = torch.zeros(len(ids), longest, device=device) if self.has_cls else None
-        padding = torch.zeros(len(ids), longest, dtype=torch.bool, device=device)
-        for image, row in enumerate(ids):
-            row = row.to(device)
-            count = row.numel()
-            hidden[image, :count] = flat[row]
-            keys[image, :, :count] = keys_flat[row].transpose(0, 1)
-            queries[image, :, :count] = queries_flat[row].transpose(0, 1)
-            scores[image, :count] = received_flat[row]
-            if cls_scores is not None:
-                cls_scores[image, :count] = cls_flat[row]
-            padding[image, :count] = True
-        qk = QKSource.from_tensors(queries, keys)
-        # A newline the model adds is kept: -1 in the layout; a token is its row slot.
-        slots = []
+    def tokens(self, features: Tensor, call) -> TowerTokens:
+        """Every crop's tokens; each image's, in the language model's order, are those its
+        packing keeps (the layout marks the newlines it adds)."""
+        tokens = self.crop_tokens(features, call.tower)
+        layouts = self.layouts(features.shape[0], features.shape[1], call.image_arguments)
+        tokens.images = [layout[layout >= 0].to(features.device) for layout in layouts]
+        tokens.layout = []
         for layout in layouts:
             slot = torch.full_like(layout, -1)
             slot[layout >= 0] = torch.arange(int((layout >= 0).sum()))
-            slots.append(slot)
-        return TowerRows(hidden, padding, qk, TowerAttention(scores, cls_scores), ids, slots)
-
-    def write_back(self, features: Tensor, reduction: Reduction, rows: TowerRows) -> Tensor:
-        out = features.contiguous().clone()  # the tower's slice [:, 1:] is not contiguous
-        flat = out.view(-1, out.shape[-1])
-        for image, row in enumerate(rows.ids):
-            # Row padding (images of different sizes) survives as non-visual slots: skip it.
-            slots = reduction.kept_slots[image]
-            kept = reduction.kept_mask[image] & rows.padding_mask[image, slots]
-            flat[row.to(out.device)[slots[kept]]] = reduction.hidden[image][kept].to(out.dtype)
-        return out
+            tokens.layout.append(slot)
+        return tokens

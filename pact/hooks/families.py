@@ -56,6 +56,11 @@ class Family:
     (Qwen3-VL's DeepStack); stages must come after those layers. None: no such feature."""
     refusal: str | None = None
     """Why pact refuses the family at attach time (None: supported)."""
+    tower: Literal["llava", "anyres", "qwen"] | None = None
+    """The tower layout a vision stage (VisionZip's) reads, :mod:`pact.hooks.towers`'
+    adapters: ``llava``, a CLIP or SigLIP tower before ``multi_modal_projector``;
+    ``anyres``, the same on crops that the model packs after the projector; ``qwen``, a
+    ``visual`` whose ``merger`` makes a token of 2x2 patches. None: no vision stage."""
 
 
 _LLAVA_DECODERS = "Llama, Qwen2, Mistral, Gemma"
@@ -69,11 +74,12 @@ _GEMMA3_REFUSAL = (
 
 VLM_FAMILIES: dict[str, Family] = {
     "llava": Family(
-        "LLaVA-1.5", "LlavaForConditionalGeneration", _LLAVA_DECODERS, grid="patches", tiny=True
+        "LLaVA-1.5", "LlavaForConditionalGeneration", _LLAVA_DECODERS, grid="patches", tiny=True,
+        tower="llava",
     ),
     "llava_next": Family(
         "LLaVA-NeXT", "LlavaNextForConditionalGeneration", _LLAVA_DECODERS, grid="anyres",
-        tiny=True,
+        tiny=True, tower="anyres",
     ),
     "llava_next_video": Family(
         "LLaVA-NeXT-Video", "LlavaNextVideoForConditionalGeneration",
@@ -82,15 +88,15 @@ VLM_FAMILIES: dict[str, Family] = {
     ),
     "llava_onevision": Family(
         "LLaVA-OneVision", "LlavaOnevisionForConditionalGeneration", _LLAVA_DECODERS,
-        video=True, grid="anyres", tiny=True,
+        video=True, grid="anyres", tiny=True, tower="anyres",
     ),
     "qwen2_vl": Family(
         "Qwen2-VL", "Qwen2VLForConditionalGeneration", "its own (Qwen2), M-RoPE", video=True,
-        grid="merged", tiny=True,
+        grid="merged", tiny=True, tower="qwen",
     ),
     "qwen2_5_vl": Family(
         "Qwen2.5-VL", "Qwen2_5_VLForConditionalGeneration", "its own (Qwen2), M-RoPE",
-        video=True, grid="merged", tiny=True,
+        video=True, grid="merged", tiny=True, tower="qwen",
     ),
     "qwen3_vl": Family(
         "Qwen3-VL", "Qwen3VLForConditionalGeneration",

@@ -1,11 +1,13 @@
 """The vision towers a vision stage reads: where their attention is, what the projector gets.
 
-One adapter per tower layout, chosen from the model's class (never copied modelling code):
-LLaVA-1.5's CLIP or SigLIP tower in front of a ``multi_modal_projector``, and Qwen2-VL's and
-Qwen2.5-VL's tower, whose ``merger`` turns 2x2 patches into one language-model token. An
-adapter captures the queries and keys of one tower layer (a pre-hook on its attention
-module), turns the projector's input into rows of a :class:`pact.tensors.LayerInputs` (one
-row per image, one token per language-model token) and writes a reduction back into it.
+One adapter per tower layout, named by the family table's ``tower``
+(:data:`pact.hooks.families.VLM_FAMILIES`; never copied modelling code): LLaVA-1.5's CLIP or
+SigLIP tower in front of a ``multi_modal_projector``, and Qwen2-VL's and Qwen2.5-VL's tower,
+whose ``merger`` turns 2x2 patches into one language-model token. An adapter captures the
+queries and keys of one tower layer (a pre-hook on its attention module) and lists the
+projector's input as :class:`TowerTokens`; :func:`stack_images` makes them the rows of a
+:class:`pact.tensors.LayerInputs` (one row per image) and :func:`write_back` puts a
+reduction's features back, the same for every adapter.
 """
 
 from __future__ import annotations
@@ -52,6 +54,30 @@ class TokenKeys(QKSource):
 
 
 @dataclass
+class TowerTokens:
+    """The projector's input as flat language-model tokens, with the tower's signals.
+
+    A token is one row of ``features.reshape(n, -1)``: a patch, or Qwen-VL's 2x2 patches
+    side by side."""
+
+    features: Tensor
+    """``[n, F]`` what the projector maps, a token per row (in the projector's order)."""
+    received: Tensor
+    """``[n]`` float32 attention each token receives (see :class:`TowerAttention`)."""
+    cls: Tensor | None
+    """``[n]`` float32 attention the [CLS] token pays each token; None without [CLS]."""
+    keys: Tensor
+    """``[n, H, d]`` the tower layer's keys."""
+    queries: Tensor | None
+    """``[n, H, d]`` its queries; None where a token has none (merged patches)."""
+    images: list[Tensor]
+    """Per image, the index of each of its tokens, in the language model's order."""
+    layout: list[Tensor] | None = None
+    """Per image, the row slot at each of its language-model positions, -1 at a token the
+    model adds after the projector (a newline); None: position i is slot i."""
+
+
+@dataclass
 class TowerRows:
     """The projector's input as a vision stage's rows (padded at the end)."""
 
@@ -59,11 +85,52 @@ class TowerRows:
     padding_mask: Tensor
     qk: QKSource
     tower: TowerAttention
-    ids: list[Tensor] | None = None
-    """Any-resolution LLaVA: per image, the flat (crop, token) index of each row slot."""
+    ids: list[Tensor]
+    """Per image, the token (row of the flat features) at each row slot."""
+    tokens: int
+    """Tokens of the flat features (some may be in no image: cut off by unpadding)."""
     layout: list[Tensor] | None = None
-    """Per image, the row slot at each of its language-model positions, -1 at a token the
-    model adds after the projector (a newline); None: position i is slot i."""
+    """As :attr:`TowerTokens.layout`."""
+
+
+def stack_images(tokens: TowerTokens) -> TowerRows:
+    """One row per image, its tokens in the language model's order, padded at the end."""
+    counts = [ids.numel() for ids in tokens.images]
+    n_images, longest = len(counts), max(counts)
+    device = tokens.features.device
+    heads, width = tokens.keys.shape[1:]
+    hidden = tokens.features.new_zeros(n_images, longest, tokens.features.shape[1])
+    keys = tokens.keys.new_zeros(n_images, heads, longest, width)
+    queries = None if tokens.queries is None else torch.zeros_like(keys)
+    received = torch.zeros(n_images, longest, device=device)
+    cls = None if tokens.cls is None else torch.zeros_like(received)
+    padding = torch.zeros(n_images, longest, dtype=torch.bool, device=device)
+    for image, ids in enumerate(tokens.images):
+        ids, count = ids.to(device), ids.numel()
+        hidden[image, :count] = tokens.features[ids]
+        keys[image, :, :count] = tokens.keys[ids].transpose(0, 1)
+        if queries is not None:
+            queries[image, :, :count] = tokens.queries[ids].transpose(0, 1)
+        received[image, :count] = tokens.received[ids]
+        if cls is not None:
+            cls[image, :count] = tokens.cls[ids]
+        padding[image, :count] = True
+    qk = TokenKeys(keys) if queries is None else QKSource.from_tensors(queries, keys)
+    tower = TowerAttention(received, cls)
+    n_tokens = tokens.features.shape[0]
+    return TowerRows(hidden, padding, qk, tower, tokens.images, n_tokens, tokens.layout)
+
+
+def write_back(features: Tensor, reduction: Reduction, rows: TowerRows) -> Tensor:
+    """``features`` with each image's surviving (merged) tokens written at their places."""
+    out = features.contiguous().clone()  # the tower's slice [:, 1:] is not contiguous
+    flat = out.view(rows.tokens, -1)
+    for image, ids in enumerate(rows.ids):
+        # Row padding (images of different sizes) survives as non-visual slots: skip it.
+        slots = reduction.kept_slots[image]
+        kept = reduction.kept_mask[image] & rows.padding_mask[image, slots]
+        flat[ids.to(out.device)[slots[kept]]] = reduction.hidden[image][kept].to(out.dtype)
+    return out
 
 
 QUERY_CHUNK = 1024
@@ -139,30 +206,39 @@ class LlavaTower:
         self.layer = _resolve_layer(tower_layer, n_layers, "tower_layer")
         self.attention = layers[self.layer].self_attn
 
-    def capture(self, hidden: Tensor) -> Captured:
+    def capture(self, args: tuple, kwargs: dict) -> Captured:
+        """Queries and keys of the attention module's input (a forward pre-hook's)."""
+        hidden = args[0] if args else kwargs["hidden_states"]
         attention = self.attention
         shape = (*hidden.shape[:2], -1, attention.head_dim)
         return Captured(attention.q_proj(hidden).view(shape), attention.k_proj(hidden).view(shape))
 
-    def rows(self, features: Tensor, captured: Captured) -> TowerRows:
+    def crop_tokens(self, features: Tensor, captured: Captured) -> TowerTokens:
+        """Every tower row's tokens (an image's, or a crop's) one after another."""
         drop = self.dropped
         received, cls = [], []
         for queries, keys in zip(captured.queries, captured.keys, strict=True):
             received.append(received_attention(queries, keys)[drop:])
             if self.has_cls:
                 cls.append(cls_attention(queries, keys)[drop:])
-        tower = TowerAttention(torch.stack(received), torch.stack(cls) if self.has_cls else None)
-        queries = captured.queries[:, drop:].transpose(1, 2)
-        keys = captured.keys[:, drop:].transpose(1, 2)
-        padding = torch.ones(features.shape[:2], dtype=torch.bool, device=features.device)
-        return TowerRows(features, padding, QKSource.from_tensors(queries, keys), tower)
+        rows, per_row = features.shape[:2]
+        shape = (rows * per_row, *captured.keys.shape[2:])
+        return TowerTokens(
+            features=features.reshape(rows * per_row, -1),
+            received=torch.cat(received),
+            cls=torch.cat(cls) if self.has_cls else None,
+            keys=captured.keys[:, drop:].reshape(shape),
+            queries=captured.queries[:, drop:].reshape(shape),
+            images=list(torch.arange(rows * per_row, device=features.device).view(rows, -1)),
+        )
 
-    def write_back(self, features: Tensor, reduction: Reduction) -> Tensor:
-        out = features.clone()
-        for row in range(features.shape[0]):
-            slots = reduction.kept_slots[row][reduction.kept_mask[row]]
-            out[row, slots] = reduction.hidden[row][reduction.kept_mask[row]].to(out.dtype)
-        return out
+    def install(self, handle) -> list:
+        """Hooks beyond the attention's and the projector's: none."""
+        return []
+
+    def tokens(self, features: Tensor, call) -> TowerTokens:
+        """LLaVA-1.5: one tower row per image, sent to the language model as it is."""
+        return self.crop_tokens(features, call.tower)
 
 
 class QwenTower:
@@ -188,18 +264,19 @@ class QwenTower:
         stored: a module object cannot be deep-copied with the model."""
         return sys.modules[type(self.visual).__module__]
 
-    def capture(self, hidden: Tensor, segments: Tensor, embeddings) -> Captured:
+    def install(self, handle) -> list:
+        """The image grid is an argument of the tower, not of the block: hook the tower."""
+        return [self.visual.register_forward_pre_hook(handle.record_grid, with_kwargs=True)]
+
+    def capture(self, args: tuple, kwargs: dict) -> Captured:
+        """Queries and keys (rotated) of the block attention's input, and its spans."""
+        hidden = args[0] if args else kwargs["hidden_states"]
         attention = self.attention
         packed = attention.qkv(hidden).reshape(hidden.shape[0], 3, attention.num_heads, -1)
         queries, keys = packed[:, 0], packed[:, 1]
-        cos, sin = embeddings
+        cos, sin = kwargs["position_embeddings"]
         queries, keys = self.module.apply_rotary_pos_emb_vision(queries, keys, cos, sin)
-        return Captured(queries, keys, segments)
-
-    def unit_spans(self, grid_thw: Tensor) -> list[tuple[int, int]]:
-        """Each image's language-model tokens, as a range of merged-patch units."""
-        counts = (grid_thw.prod(dim=1) // self.unit).tolist()
-        return list(itertools.pairwise([0, *torch.tensor(counts).cumsum(0).tolist()]))
+        return Captured(queries, keys, kwargs["cu_seqlens"])
 
     def llm_order(self, grid_thw: Tensor, n_units: int) -> Tensor:
         """For each language-model token, the unit (in the merger's input order) it comes
@@ -219,41 +296,24 @@ class QwenTower:
             )
         return torch.argsort(window_index.to(grid_thw.device))
 
-    def rows(self, features: Tensor, captured: Captured, grid_thw: Tensor) -> TowerRows:
-        """One row per image, its tokens in the language model's (raster) order."""
+    def tokens(self, features: Tensor, call) -> TowerTokens:
+        """A token is a unit of 2x2 patches; each image's in the language model's (raster)
+        order."""
+        captured, grid_thw = call.tower, call.grid_thw
         received = torch.zeros(features.shape[0], device=features.device)
         for start, end in itertools.pairwise(captured.segments.tolist()):
             span = slice(start, end)
             received[span] = received_attention(captured.queries[span], captured.keys[span])
         n_units, unit = features.shape[0] // self.unit, self.unit
         heads, head_dim = captured.keys.shape[1:]
+        keys = captured.keys.reshape(n_units, unit, heads, head_dim).transpose(1, 2)
         order = self.llm_order(grid_thw, n_units).to(features.device)
-        unit_hidden = features.reshape(n_units, -1)[order]
-        unit_keys = captured.keys.reshape(n_units, unit * heads, head_dim)
-        unit_keys = unit_keys.view(n_units, unit, heads, head_dim).transpose(1, 2)
-        unit_keys = unit_keys.reshape(n_units, heads, unit * head_dim)[order]
-        unit_scores = received.view(n_units, unit).sum(dim=1)[order]
-        spans = self.unit_spans(grid_thw)
-        longest = max(end - start for start, end in spans)
-        hidden = features.new_zeros(len(spans), longest, unit_hidden.shape[1])
-        keys = unit_keys.new_zeros(len(spans), heads, longest, unit * head_dim)
-        scores = torch.zeros(len(spans), longest, device=features.device)
-        padding = torch.zeros(len(spans), longest, dtype=torch.bool, device=features.device)
-        for image, (start, end) in enumerate(spans):
-            count = end - start
-            hidden[image, :count] = unit_hidden[start:end]
-            keys[image, :, :count] = unit_keys[start:end].transpose(0, 1)
-            scores[image, :count] = unit_scores[start:end]
-            padding[image, :count] = True
-        return TowerRows(hidden, padding, TokenKeys(keys), TowerAttention(scores))
-
-    def write_back(self, features: Tensor, reduction: Reduction, grid_thw: Tensor) -> Tensor:
-        n_units = features.shape[0] // self.unit
-        units = features.clone().reshape(n_units, -1)
-        order = self.llm_order(grid_thw, n_units).to(features.device)
-        for image, (start, end) in enumerate(self.unit_spans(grid_thw)):
-            # Row padding (images of different sizes) survives as non-visual slots: skip it.
-            slots = reduction.kept_slots[image]
-            kept = reduction.kept_mask[image] & (slots < end - start)
-            units[order[start + slots[kept]]] = reduction.hidden[image][kept].to(units.dtype)
-        return units.view_as(features)
+        counts = (grid_thw.prod(dim=1) // unit).tolist()
+        return TowerTokens(
+            features=features.reshape(n_units, -1),
+            received=received.view(n_units, unit).sum(dim=1),
+            cls=None,
+            keys=keys.reshape(n_units, heads, unit * head_dim),
+            queries=None,
+            images=list(torch.split(order, counts)),
+        )

@@ -19,9 +19,10 @@ import torch
 from torch import Tensor
 
 from pact.config import StageConfig
+from pact.hooks import families
 from pact.hooks.anyres import AnyresTower
 from pact.hooks.state import Call
-from pact.hooks.towers import LlavaTower, QwenTower, TowerRows
+from pact.hooks.towers import LlavaTower, QwenTower, TowerRows, stack_images, write_back
 from pact.pipeline import Pipeline, stack_rows
 from pact.tensors import LayerInputs, Reduction, ReductionStats, RowReduction, StepTimes
 
@@ -197,21 +198,20 @@ class VisionHooks:
 
     def _install_vision(self) -> list:
         tower = self.tower
-        hooks = [
+        return [
             tower.attention.register_forward_pre_hook(self._capture_tower, with_kwargs=True),
             tower.projector.register_forward_pre_hook(self._reduce_features),
+            *tower.install(self),
         ]
-        if isinstance(tower, QwenTower):
-            hooks.append(
-                tower.visual.register_forward_pre_hook(self._capture_grid, with_kwargs=True)
-            )
-        if isinstance(tower, AnyresTower):
-            hooks.append(tower.install(self))
-        return hooks
 
     def record_image_arguments(self, arguments: dict) -> None:
         """What ``get_image_features`` was called with (any-resolution LLaVA's crops)."""
         self._vision_state().image_arguments = arguments
+
+    def record_grid(self, module, args, kwargs) -> None:
+        """Qwen-VL: the image grid the tower runs on (a pre-hook on the tower)."""
+        state = self._vision_state()
+        state.grid_thw = kwargs.get("grid_thw", args[1] if len(args) > 1 else None)
 
     @staticmethod
     def check_vision_call(kwargs: dict, settings=None) -> None:
@@ -246,20 +246,10 @@ class VisionHooks:
         self._local.vision_pending = None
         return None if pending is None else pending.vision_plan
 
-    def _capture_grid(self, module, args, kwargs):
-        state = self._vision_state()
-        state.grid_thw = kwargs.get("grid_thw", args[1] if len(args) > 1 else None)
-
     def _capture_tower(self, module, args, kwargs):
         call = self._vision_state()
-        hidden = args[0] if args else kwargs["hidden_states"]
         with torch.no_grad():
-            if isinstance(self.tower, QwenTower):
-                call.tower = self.tower.capture(
-                    hidden, kwargs["cu_seqlens"], kwargs["position_embeddings"]
-                )
-            else:
-                call.tower = self.tower.capture(hidden)
+            call.tower = self.tower.capture(args, kwargs)
         return None
 
     def _reduce_features(self, module, args):
@@ -270,13 +260,7 @@ class VisionHooks:
             )
         features = args[0]
         with torch.no_grad():
-            tower = self.tower
-            if isinstance(tower, QwenTower):
-                rows = tower.rows(features, call.tower, call.grid_thw)
-            elif isinstance(tower, AnyresTower):
-                rows = tower.rows(features, call.tower, call.image_arguments)
-            else:
-                rows = tower.rows(features, call.tower)
+            rows = stack_images(self.tower.tokens(features, call))
             inputs = LayerInputs(
                 rows.hidden,
                 rows.padding_mask.clone(),
@@ -285,38 +269,24 @@ class VisionHooks:
                 tower=rows.tower,
             )
             reduction = self.vision_pipeline(inputs)
-            if isinstance(tower, QwenTower):
-                features = tower.write_back(features, reduction, call.grid_thw)
-            elif isinstance(tower, AnyresTower):
-                features = tower.write_back(features, reduction, rows)
-            else:
-                features = tower.write_back(features, reduction)
+            features = write_back(features, reduction, rows)
         call.vision_plan = plan_from(reduction, rows)
         call.tower = None
         return (features, *args[1:])
 
 
-SUPPORTED = (
-    "LLaVA-1.5 (LlavaForConditionalGeneration: CLIP or SigLIP tower), LLaVA-NeXT, "
-    "LLaVA-OneVision (images), Qwen2-VL, Qwen2.5-VL"
-)
-TOWERS = {
-    "LlavaForConditionalGeneration": LlavaTower,
-    "LlavaNextForConditionalGeneration": AnyresTower,
-    "LlavaOnevisionForConditionalGeneration": AnyresTower,
-    "Qwen2VLForConditionalGeneration": QwenTower,
-    "Qwen2_5_VLForConditionalGeneration": QwenTower,
-}
-"""The model classes whose towers a vision stage reads."""
+TOWERS = {"llava": LlavaTower, "anyres": AnyresTower, "qwen": QwenTower}
+"""The adapter of each tower layout the family table names (``Family.tower``)."""
 
 
 def tower_for(model, tower_layer: int | None) -> LlavaTower | QwenTower:
-    """The adapter of ``model``'s tower; an unsupported model is refused, naming the ones
-    supported."""
-    adapter = TOWERS.get(type(model).__name__)
-    if adapter is None:
+    """The adapter of ``model``'s tower; an unsupported model is refused, naming the
+    families whose towers pact reads."""
+    family = families.VLM_FAMILIES.get(getattr(model.config, "model_type", None))
+    if family is None or family.tower is None:
+        supported = ", ".join(f.label for f in families.VLM_FAMILIES.values() if f.tower)
         raise ValueError(
             f"a vision stage (place: vision) reads the vision tower's attention, which pact "
-            f"finds in {SUPPORTED}; not in {type(model).__name__}"
+            f"finds in {supported}; not in {type(model).__name__}"
         )
-    return adapter(model, tower_layer)
+    return TOWERS[family.tower](model, tower_layer)
