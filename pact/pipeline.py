@@ -148,12 +148,12 @@ class Pipeline:
         ratio = 1.0 if self.stage.keep_ratio is None else self.stage.keep_ratio
         return Budget.whole_rows(visual_mask, ratio)
 
-    def _scorer_budget(self, inputs: LayerInputs) -> Budget:
+    def _scored_budget(self, inputs: LayerInputs) -> tuple[Budget, Tensor]:
         """The scorer's budget (:meth:`Scorer.budget_for`), checked: each count of a group
-        within ``[0, group size]``."""
+        within ``[0, group size]``; and its scores."""
         assert self.scorer is not None
         asked = self.budget(inputs)
-        budget = self.scorer.budget_for(inputs, asked)
+        budget, scores = self.scorer.budget_and_scores(inputs, asked)
         for row in range(inputs.batch_size):
             sizes = [slots.numel() for slots in budget.members(row)]
             counts = budget.counts[row]
@@ -164,14 +164,13 @@ class Pipeline:
                     f"scorer {self.stage.scorer.name!r} returned keep counts {counts} for groups "
                     f"of {sizes} visual tokens in row {row}; each must lie in [0, group size]"
                 )
-        return budget
+        return budget, scores
 
     def _plan_rows(self, inputs: LayerInputs) -> list[_RowPlan]:
         visual_mask = inputs.real_visual_mask
         scores = budget = None
         if self.scorer is not None and bool(visual_mask.any()):
-            budget = self._scorer_budget(inputs)
-            scores = self.scorer.score_for(inputs, budget)
+            budget, scores = self._scored_budget(inputs)
             if not bool(torch.isfinite(scores[visual_mask]).all()):
                 raise ValueError(f"scorer {self.stage.scorer.name!r} returned NaN or inf scores")
         plans = []

@@ -294,6 +294,9 @@ def test_rank_scale_leaves_keep_ratio_unset_and_round_trips():
 
 def test_a_scorer_budget_beyond_its_groups_is_refused():
     class Greedy(SparseVlm):
+        # The protocol's default path (budget_for, then score_for), not SparseVLM's one pass.
+        budget_and_scores = pact.Scorer.budget_and_scores
+
         def budget_for(self, inputs, budget):
             return pact.tensors.Budget(
                 budget.groups, [[n + 1 for n in row] for row in budget.counts]

@@ -57,3 +57,12 @@ class Scorer(Component):
         every visual token of each row and returns its own counts over the same groups.
         """
         return budget
+
+    def budget_and_scores(self, inputs: LayerInputs, budget: Budget) -> tuple[Budget, Tensor]:
+        """:meth:`budget_for`, then :meth:`score_for` at that budget: what the pipeline calls.
+
+        A scorer whose count and scores come from the same work (SparseVLM's rater attention)
+        overrides this to do that work once.
+        """
+        budget = self.budget_for(inputs, budget)
+        return budget, self.score_for(inputs, budget)

@@ -127,17 +127,19 @@ class SparseVlm(Scorer):
         return scores
 
     def budget_for(self, inputs: LayerInputs, budget: Budget) -> Budget:
-        """With ``rank_scale``: each group keeps ``L_v`` minus the rank-based deletions.
+        """With ``rank_scale``: each group keeps ``L_v`` minus the rank-based deletions."""
+        return self.budget_and_scores(inputs, budget)[0]
 
-        The raters' attention rows are formed here and again by :meth:`score`: ``R x N``
-        logits per head, a small cost next to the layer's own attention.
-        """
+    def budget_and_scores(self, inputs: LayerInputs, budget: Budget) -> tuple[Budget, Tensor]:
+        """The count (with ``rank_scale``) and the scores from one pass of rater attention."""
+        scores = torch.zeros(inputs.hidden.shape[:2], device=inputs.hidden.device)
         scale = self.config.rank_scale
-        if scale is None:
-            return budget
         counts = [list(row) for row in budget.counts]
         for row, attention in self._rows(inputs):
+            scores[row] = attention.mean(dim=0)
+            if scale is None:
+                continue
             for group, slots in enumerate(budget.members(row)):
                 block = attention[:, slots]
                 counts[row][group] = slots.numel() - deleted_count(block, scale)
-        return Budget(budget.groups, counts)
+        return Budget(budget.groups, counts), scores
