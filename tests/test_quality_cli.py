@@ -50,6 +50,24 @@ def test_bench_quality_table_json_and_plot(trained_shapes, tmp_path, capsys):
     assert all(line in printed for line in report["comparisons"])
 
 
+def test_set_applies_to_every_method_after_its_own_settings(trained_shapes, tmp_path):
+    """``euti`` with ``--set scorer.name=random`` is the ``random`` method (EUTI's slot with
+    the random scorer): the same rows, computed independently."""
+    out, _ = trained_shapes
+    common = ["bench", "quality", "--model", str(out), "--ratios", "0.5", "--examples", "16",
+              "--calibration", "8", "--quiet"]  # fmt: skip
+    reports = []
+    for extra in (["--methods", "euti", "--set", "scorer.name=random"], ["--methods", "random"]):
+        path = tmp_path / f"{len(reports)}.json"
+        assert main([*common, *extra, "--json", str(path)]) == 0
+        reports.append(json.loads(path.read_text()))
+    with_set, random_method = (report["rows"][0] for report in reports)
+    assert with_set["overrides"][-1] == "scorer.name=random"
+    assert reports[0]["overrides"] == ["scorer.name=random"] and reports[1]["overrides"] == []
+    for key in ("accuracy", "relative_accuracy", "reduction_ratio"):
+        assert with_set[key] == random_method[key]
+
+
 @pytest.mark.parametrize(("correct", "total"), [(0, 10), (3, 10), (10, 10), (517, 1000)])
 def test_wilson_interval_matches_scipy(correct, total):
     expected = binomtest(correct, total).proportion_ci(method="wilson")
@@ -108,6 +126,7 @@ def test_comparisons_name_overlapping_intervals_and_pact_against_random():
         (["--layer", "6"], "--layer"),
         (["--examples", "0"], "--examples"),
         (["--model", "/no/such/dir"], "--model"),
+        (["--set", "scorer.nam=1"], "--set: override 'scorer.nam=1'"),
     ],
 )
 def test_bench_quality_bad_arguments_exit_2_naming_them(argv, needle, capsys):

@@ -13,7 +13,15 @@ import argparse
 
 from pact.bench.quality.methods import DEFAULT_METHODS, DEFAULT_RATIOS, METHODS
 from pact.cli import tables
-from pact.cli.options import check_at_least_one, check_tiny_family, progress, split, write_outputs
+from pact.cli.options import (
+    add_set_option,
+    check_at_least_one,
+    check_tiny_family,
+    config_from_args,
+    progress,
+    split,
+    write_outputs,
+)
 from pact.hooks.families import families_with
 from pact.models.shapes.spec import DECODER, REDUCTION_LAYER
 
@@ -352,6 +360,7 @@ def _add_quality(commands) -> None:
     parser.add_argument(
         "--tune-steps", type=int, default=7, help="tries per tuning (default: %(default)s)"
     )
+    add_set_option(parser)  # applied to every method, after its own settings (ablations)
     _add_bench_options(parser, _quality, seed=False)  # fixed splits: nothing to seed
 
 
@@ -367,10 +376,15 @@ def _quality(args: argparse.Namespace) -> int:
     if not all(0 < ratio < 1 for ratio in ratios):
         raise ValueError(f"--ratios must lie strictly between 0 and 1; got {args.ratios!r}")
     _check_quality_numbers(args)
+    from pact.config import PactConfig
+
+    for name in methods:  # a bad --set is refused here, naming it, before the model loads
+        method = METHODS[name]
+        config_from_args(args, PactConfig.load(method.preset, method.overrides), None)
     with progress(args, 1 + len(methods) * len(ratios), "quality") as bar:
         report = bench.run_quality(
             args.model, methods, ratios, args.examples, args.layer, args.batch_size,
-            args.calibration, args.tune_steps, bar,
+            args.calibration, args.tune_steps, bar, args.set,
         )  # fmt: skip
     tables.quality(report)
     write_outputs(args, report, bench.plot)

@@ -132,39 +132,42 @@ class Setting:
         return PactConfig.load(METHODS[self.method].preset, self.overrides).within(self.layers)
 
 
-def overrides_for(name: str, value, layer: int) -> list[str]:
-    """Overrides of method ``name`` with its knob at ``value``, reducing at ``layer``."""
+def overrides_for(name: str, value, layer: int, extra=()) -> list[str]:
+    """Overrides of method ``name`` with its knob at ``value``, reducing at ``layer``, then
+    the user's ``extra`` ones (``pact bench quality --set``), which win."""
     method = METHODS[name]
     moved = method.single_stage and method.placed and method.setting != "layer"
     placed = [f"layer={layer}"] if moved else []
-    return [*method.overrides, *placed, f"{method.knob}={value}"]
+    return [*method.overrides, *placed, f"{method.knob}={value}", *extra]
 
 
-def choose(model, calibration: dict, name: str, target: float, layer: int, steps: int) -> Setting:
-    """The knob value of ``name`` that removes about ``target`` of the visual tokens."""
+def choose(model, calibration: dict, name: str, target: float, layer: int, steps: int,
+           extra=()) -> Setting:  # fmt: skip
+    """The knob value of ``name`` that removes about ``target`` of the visual tokens, with
+    the user's ``extra`` overrides applied (tuning included)."""
     method = METHODS[name]
     layers = model.config.text_config.num_hidden_layers
     if method.setting == "exact":
         value = round(1.0 - target, 6)
-        return Setting(name, target, value, overrides_for(name, value, layer), layers)
+        return Setting(name, target, value, overrides_for(name, value, layer, extra), layers)
     if method.setting == "layer":
         value = min(layers - 1, max(0, round(layers * (1.0 - target))))
-        return Setting(name, target, value, overrides_for(name, value, layer), layers)
+        return Setting(name, target, value, overrides_for(name, value, layer, extra), layers)
     if method.setting == "tokens":
-        return _visionzip_setting(name, target, layer, layers)
-    setting = _tuned(model, calibration, name, target, layer, steps)
+        return _visionzip_setting(name, target, layer, layers, extra)
+    setting = _tuned(model, calibration, name, target, layer, steps, user=extra)
     best = min(setting.tries, key=lambda pair: abs(pair[1] - target))[1]
     if name == "pact" and best > target + 0.02:
         # DBDPC alone merges past the target: EUTI takes half the budget, the cutoff the rest.
         keep = round(1.0 - target / 2, 6)
-        cut = _tuned(model, calibration, "dbdpc", target, layer, steps,
-                     [f"keep_ratio={keep}"], preset="pact", bounds=(0.0, 0.21))  # fmt: skip
+        cut = _tuned(model, calibration, "dbdpc", target, layer, steps, [f"keep_ratio={keep}"],
+                     preset="pact", bounds=(0.0, 0.21), user=extra)  # fmt: skip
         cut.method, cut.tries = "pact", setting.tries + cut.tries
         return cut
     return setting
 
 
-def _visionzip_setting(name: str, target: float, layer: int, layers: int) -> Setting:
+def _visionzip_setting(name: str, target: float, layer: int, layers: int, extra=()) -> Setting:
     """VisionZip's budget per image, split as the paper's 64-token setting (54 dominant, 10
     contextual): ``(1 - target) x`` the image's tokens in all, about 10/64 of them merged."""
     from pact.models.shapes.spec import IMAGE_TOKENS
@@ -173,13 +176,15 @@ def _visionzip_setting(name: str, target: float, layer: int, layers: int) -> Set
     contextual = max(1, round(budget * 10 / 64))
     dominant = budget - contextual
     overrides = overrides_for(name, dominant, layer)
-    overrides.append(f"stages.0.recycling.clusterer.clusters={contextual}")
+    overrides += [f"stages.0.recycling.clusterer.clusters={contextual}", *extra]
     return Setting(name, target, dominant, overrides, layers)
 
 
 def _tuned(model, calibration: dict, name: str, target: float, layer: int, steps: int,
-           extra: list[str] = (), preset: str | None = None, bounds=None) -> Setting:  # fmt: skip
-    """Tune ``name``'s knob on the calibration batch (``extra`` overrides come first)."""
+           extra: list[str] = (), preset: str | None = None, bounds=None,
+           user=()) -> Setting:  # fmt: skip
+    """Tune ``name``'s knob on the calibration batch (``extra`` overrides come first, the
+    ``user``'s last)."""
     import torch
 
     from pact.bench.fidelity import layer_averaged_ratio
@@ -192,7 +197,7 @@ def _tuned(model, calibration: dict, name: str, target: float, layer: int, steps
     layers = model.config.text_config.num_hidden_layers
 
     def overrides(value: float) -> list[str]:
-        return [*extra, *overrides_for(name, value, layer)]
+        return [*extra, *overrides_for(name, value, layer, user)]
 
     def removal(value: float) -> float:
         config = PactConfig.load(preset, overrides(value)).within(layers)

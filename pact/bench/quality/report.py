@@ -26,9 +26,10 @@ BOOTSTRAP = 2000
 
 def run_quality(model_path: str | Path | None, methods: list[str], ratios: list[float],
                 size: int, layer: int, batch_size: int = 64, calibration: int = 32,
-                tune_steps: int = 7, progress=None) -> dict:  # fmt: skip
+                tune_steps: int = 7, progress=None, overrides=()) -> dict:  # fmt: skip
     """Every method at every target ratio on the first ``size`` test examples; knobs tuned
-    on ``calibration`` validation images. ``progress`` (tqdm-like) advances per point."""
+    on ``calibration`` validation images, with ``overrides`` (``path=value``) applied to
+    every method. ``progress`` (tqdm-like) advances per point."""
     started = time.perf_counter()
     model = load(model_path)
     items = examples("test", size)
@@ -39,7 +40,9 @@ def run_quality(model_path: str | Path | None, methods: list[str], ratios: list[
     rows = []
     for name in methods:
         for target in ratios:
-            setting = choose(model, calibration_batch, name, target, layer, tune_steps)
+            setting = choose(
+                model, calibration_batch, name, target, layer, tune_steps, tuple(overrides)
+            )
             result = evaluate(model, items, setting.config(), batch_size)
             rows.append(_row(setting, result, unreduced))
             _advance(progress, f"{name} {target:.2f}")
@@ -47,6 +50,7 @@ def run_quality(model_path: str | Path | None, methods: list[str], ratios: list[
         "model": str(model_path or "shipped (pact/models/shapes/assets)"),
         "examples": size,
         "layer": layer,
+        "overrides": list(overrides),
         "calibration_examples": calibration,
         "unreduced_accuracy": round(unreduced.mean(), 4),
         "unreduced_interval": _rounded(wilson_interval(int(unreduced.sum()), size)),
